@@ -1,0 +1,29 @@
+# Settings for the project's own targets (tests, examples, benchmarks): warnings are errors,
+# dependencies are system headers (their warnings are not ours), -march as FLSL_MARCH says.
+function(flsl_project_target target)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror>)
+  if(FLSL_MARCH)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=${FLSL_MARCH}>)
+  endif()
+  target_link_libraries(${target} PRIVATE flsl::flsl)
+endfunction()
+
+# flsl_add_test(NAME n LABELS l1 [l2...] SOURCES a.cpp [b.cpp...] [ARGS ...])
+# One doctest executable registered with CTest under the given labels.
+function(flsl_add_test)
+  cmake_parse_arguments(T "" "NAME" "LABELS;SOURCES;ARGS" ${ARGN})
+  add_executable(${T_NAME} ${T_SOURCES})
+  flsl_project_target(${T_NAME})
+  target_link_libraries(${T_NAME} PRIVATE doctest::doctest flsl_doctest_main)
+  add_test(NAME ${T_NAME} COMMAND ${T_NAME} ${T_ARGS})
+  set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}")
+endfunction()
+
+# flsl_add_benchmark(NAME n SOURCES a.cpp [b.cpp...])
+function(flsl_add_benchmark)
+  cmake_parse_arguments(B "" "NAME" "SOURCES" ${ARGN})
+  add_executable(${B_NAME} ${B_SOURCES})
+  flsl_project_target(${B_NAME})
+  target_link_libraries(${B_NAME} PRIVATE benchmark::benchmark)
+endfunction()

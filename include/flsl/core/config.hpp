@@ -1,0 +1,19 @@
+// Compiler and device portability macros shared by every layer.
+#pragma once
+
+#if defined(__CUDACC__)
+#define FLSL_HD __host__ __device__
+#define FLSL_CUDA_COMPILER 1
+#else
+#define FLSL_HD
+#define FLSL_CUDA_COMPILER 0
+#endif
+
+#define FLSL_INLINE inline __attribute__((always_inline))
+
+namespace flsl {
+/// Largest tensor rank the library supports (shapes live in fixed-size arrays).
+inline constexpr int max_rank = 8;
+/// Alignment of every storage allocation in bytes (one cache line, one AVX-512 vector).
+inline constexpr std::size_t storage_alignment = 64;
+}  // namespace flsl
