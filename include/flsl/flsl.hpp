@@ -13,3 +13,4 @@
 #include "expr/node.hpp"
 #include "expr/ops.hpp"
 #include "expr/reduce.hpp"
+#include "backend/cpu/gemm.hpp"

@@ -32,7 +32,7 @@ class Tensor;
 namespace detail {
 /// Evaluates expression `e` into `out` (defined in flsl/expr/assign.hpp).
 template <class T, class Device, class E>
-void assign_expr(Tensor<T, Device>& out, const E& e);
+void assign_expr(const Tensor<T, Device>& out, const E& e);
 }  // namespace detail
 
 /// An n-dimensional array of T on Device. Copying a Tensor copies the handle (both share memory,
@@ -339,11 +339,11 @@ class Tensor {
     return out;
   }
   /// Copies values from `src` (same shape, or broadcastable to this shape) into this memory.
-  void copy_from(const Tensor& src);
-  void fill(T value);
+  void copy_from(const Tensor& src) const;
+  void fill(T value) const;
   /// Evaluates an expression (or copies a tensor) into this memory; shapes as for copy_from.
   template <class E>
-  Tensor& assign(const E& e);
+  const Tensor& assign(const E& e) const;
   template <class E>
   Tensor& operator+=(const E& e);
   template <class E>

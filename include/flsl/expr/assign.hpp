@@ -120,7 +120,7 @@ void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
 }
 
 template <class T, class Device, class E>
-void assign_expr(Tensor<T, Device>& out, const E& e) {
+void assign_expr(const Tensor<T, Device>& out, const E& e) {
   static_assert(std::is_same_v<typename E::device_type, Device> ||
                     std::is_void_v<typename E::device_type>,
                 "flsl: assigning an expression of one device to a tensor of another");
@@ -145,38 +145,42 @@ void assign_expr(Tensor<T, Device>& out, const E& e) {
 }  // namespace detail
 
 template <class T, class D>
-void Tensor<T, D>::copy_from(const Tensor& src) {
+void Tensor<T, D>::copy_from(const Tensor& src) const {
   detail::assign_expr(*this, as_expr(src));
 }
 template <class T, class D>
-void Tensor<T, D>::fill(T value) {
+void Tensor<T, D>::fill(T value) const {
   detail::assign_expr(*this, scalar_expr<T>(value));
 }
 template <class T, class D>
 template <class E>
-Tensor<T, D>& Tensor<T, D>::assign(const E& e) {
+const Tensor<T, D>& Tensor<T, D>::assign(const E& e) const {
   detail::assign_expr(*this, as_expr(e));
   return *this;
 }
 template <class T, class D>
 template <class E>
 Tensor<T, D>& Tensor<T, D>::operator+=(const E& e) {
-  return assign(*this + e);
+  assign(*this + e);
+  return *this;
 }
 template <class T, class D>
 template <class E>
 Tensor<T, D>& Tensor<T, D>::operator-=(const E& e) {
-  return assign(*this - e);
+  assign(*this - e);
+  return *this;
 }
 template <class T, class D>
 template <class E>
 Tensor<T, D>& Tensor<T, D>::operator*=(const E& e) {
-  return assign(*this * e);
+  assign(*this * e);
+  return *this;
 }
 template <class T, class D>
 template <class E>
 Tensor<T, D>& Tensor<T, D>::operator/=(const E& e) {
-  return assign(*this / e);
+  assign(*this / e);
+  return *this;
 }
 
 template <class T, class D>
