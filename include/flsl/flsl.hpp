@@ -14,3 +14,8 @@
 #include "expr/ops.hpp"
 #include "expr/reduce.hpp"
 #include "backend/cpu/gemm.hpp"
+#include "interop/xtensor.hpp"
+#include "autograd/var.hpp"
+#include "autograd/elementwise.hpp"
+#include "autograd/gradcheck.hpp"
+#include "autograd/ops.hpp"

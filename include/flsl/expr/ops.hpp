@@ -32,6 +32,10 @@ FLSL_UNARY_OP(square, a* a)
 FLSL_UNARY_OP(sigmoid, A(1) / (A(1) + exp(-a)))
 FLSL_UNARY_OP(relu, a > A(0) ? a : A(0))
 FLSL_UNARY_OP(logical_not, !a)
+// Exact GELU: a * Phi(a) = 0.5 a (1 + erf(a / sqrt 2)), and its derivative Phi(a) + a phi(a).
+FLSL_UNARY_OP(gelu, A(0.5) * a * (A(1) + erf(a * A(0.70710678118654752440))))
+FLSL_UNARY_OP(gelu_grad, A(0.5) * (A(1) + erf(a * A(0.70710678118654752440))) +
+                             a * A(0.39894228040143267794) * exp(A(-0.5) * a * a))
 #undef FLSL_UNARY_OP
 
 #define FLSL_BINARY_OP(NAME, EXPR)                          \
@@ -174,6 +178,8 @@ FLSL_UNARY_FN(cos, cos)
 FLSL_UNARY_FN(square, square)
 FLSL_UNARY_FN(sigmoid, sigmoid)
 FLSL_UNARY_FN(relu, relu)
+FLSL_UNARY_FN(gelu, gelu)
+FLSL_UNARY_FN(gelu_grad, gelu_grad)
 #undef FLSL_UNARY_FN
 
 /// Elementwise conversion to the compute type of To (bf16 -> float, float -> double, ...).

@@ -1,0 +1,203 @@
+// Var<T, Device>: a tensor value that records how it was computed, for reverse-mode autodiff.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "../backend/cpu/gemm.hpp"
+#include "../core/tensor.hpp"
+#include "../expr/reduce.hpp"
+
+namespace flsl {
+
+/// Whether ops record graph nodes on this thread (false inside a no_grad scope).
+inline bool& grad_mode() {
+  thread_local bool enabled = true;
+  return enabled;
+}
+/// RAII scope in which no op records a graph node (inference, EMA updates, teacher forwards).
+class no_grad {
+ public:
+  no_grad() : prev_(grad_mode()) { grad_mode() = false; }
+  ~no_grad() { grad_mode() = prev_; }
+  no_grad(const no_grad&) = delete;
+  no_grad& operator=(const no_grad&) = delete;
+
+ private:
+  bool prev_;
+};
+
+namespace autograd {
+
+/// One value in the graph: its tensor, its accumulated gradient, and for op results the inputs and
+/// the backward closure that turns this node's gradient into its inputs' gradients.
+template <class T, class D>
+struct node {
+  Tensor<T, D> value;
+  Tensor<T, D> grad;  // undefined until something accumulates into it
+  bool requires_grad = false;
+  const char* op = "leaf";
+  std::vector<std::shared_ptr<node>> inputs;
+  std::function<void(node&)> backward;  // reads grad, accumulates into inputs
+
+  bool is_leaf() const { return !backward; }
+
+  /// grad += g (g: tensor or expression broadcastable to value's shape; summed over broadcast
+  /// axes). The first accumulation writes instead of adding.
+  template <class G>
+  void accumulate(const G& g) {
+    const auto e = as_expr(g);
+    if (e.shape() == value.shape()) {
+      if (!grad.defined()) grad = Tensor<T, D>(e);
+      else grad.assign(grad + e);
+      return;
+    }
+    // Broadcast: sum the gradient over the axes that were expanded.
+    const Shape& s = value.shape();
+    const Shape& gs = e.shape();
+    FLSL_CHECK(gs.rank() >= s.rank(), op, ": gradient of shape ", gs, " for a value of shape ", s);
+    std::vector<int> axes;
+    const int lead = gs.rank() - s.rank();
+    for (int i = 0; i < gs.rank(); ++i)
+      if (i < lead || (s[i - lead] == 1 && gs[i] != 1)) axes.push_back(i);
+    auto reduced = sum(e, axes, true);
+    auto r = reduced.view(s);
+    if (!grad.defined()) grad = r;
+    else grad.assign(grad + r);
+  }
+};
+
+}  // namespace autograd
+
+template <class T, class D = cpu>
+class Var;
+
+namespace detail {
+template <class X>
+struct is_var : std::false_type {};
+template <class T, class D>
+struct is_var<Var<T, D>> : std::true_type {};
+}  // namespace detail
+
+/// A differentiable tensor: a handle to a graph node. Leaves are created from tensors (parameters,
+/// inputs); op results remember their inputs while any of them requires a gradient and grad mode
+/// is on. `backward()` on a one-element result fills `grad()` of every leaf that requires it,
+/// then frees the graph behind the result.
+template <class T, class D>
+class Var {
+ public:
+  using value_type = T;
+  using device_type = D;
+  using node_type = autograd::node<T, D>;
+
+  Var() = default;
+  /// A leaf holding `value` (shared, not copied).
+  explicit Var(Tensor<T, D> value, bool requires_grad = false) : n_(std::make_shared<node_type>()) {
+    n_->value = std::move(value);
+    n_->requires_grad = requires_grad;
+  }
+  /// Evaluates a Var expression (e.g. `a * b + exp(c)`) as one graph node (see elementwise.hpp).
+  template <class E>
+    requires requires(const E& e) { e.template materialize<T, D>(); }
+  Var(const E& e) : Var(e.template materialize<T, D>()) {}  // NOLINT: implicit on purpose
+
+  bool defined() const { return n_ != nullptr; }
+  const Tensor<T, D>& value() const { return n_->value; }
+  /// The accumulated gradient (undefined before any backward reached this value).
+  const Tensor<T, D>& grad() const { return n_->grad; }
+  bool requires_grad() const { return n_ && n_->requires_grad; }
+  /// Marks a leaf as trainable (or not).
+  Var& set_requires_grad(bool on) {
+    FLSL_CHECK(n_->is_leaf(), "set_requires_grad: only leaves can change, this is the result of ",
+               n_->op);
+    n_->requires_grad = on;
+    return *this;
+  }
+  const Shape& shape() const { return n_->value.shape(); }
+  int rank() const { return n_->value.rank(); }
+  index_t size(int axis) const { return n_->value.size(axis); }
+  index_t numel() const { return n_->value.numel(); }
+  const char* op() const { return n_->op; }
+  bool is_leaf() const { return n_->is_leaf(); }
+  /// The same value cut off from the graph (no gradient flows through it).
+  Var detach() const { return Var(n_->value, false); }
+  /// Drops the accumulated gradient.
+  void zero_grad() const { n_->grad = Tensor<T, D>(); }
+  const std::shared_ptr<node_type>& node() const { return n_; }
+
+  /// Back-propagates from this one-element value (seed 1).
+  void backward() const {
+    FLSL_CHECK(numel() == 1, "backward: needs a one-element value, got shape ", shape(),
+               " (pass a seed gradient for other shapes)");
+    backward(Tensor<T, D>::full(shape(), convert<T>(1)));
+  }
+  /// Back-propagates `seed` (the gradient of some scalar with respect to this value).
+  void backward(const Tensor<T, D>& seed) const {
+    FLSL_CHECK(seed.shape() == shape(), "backward: seed of shape ", seed.shape(),
+               " for a value of shape ", shape());
+    FLSL_CHECK(requires_grad(), "backward: the value does not require a gradient (no input of ",
+               n_->op, " requires one, or it was computed under no_grad)");
+    // Topological order (inputs before users) by an iterative depth-first search.
+    std::vector<node_type*> order;
+    std::unordered_set<node_type*> seen;
+    std::vector<std::pair<node_type*, std::size_t>> stack{{n_.get(), 0}};
+    seen.insert(n_.get());
+    while (!stack.empty()) {
+      auto& [nd, i] = stack.back();
+      if (i < nd->inputs.size()) {
+        node_type* in = nd->inputs[i++].get();
+        if (in->requires_grad && !in->is_leaf() && seen.insert(in).second) stack.push_back({in, 0});
+      } else {
+        order.push_back(nd);
+        stack.pop_back();
+      }
+    }
+    n_->accumulate(seed);
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      node_type* nd = *it;
+      if (nd->grad.defined()) nd->backward(*nd);
+      // Free the graph: saved tensors live in the closure, inputs keep parents alive.
+      nd->backward = nullptr;
+      nd->inputs.clear();
+      if (nd != n_.get()) nd->grad = Tensor<T, D>();
+    }
+  }
+
+  /// Creates the result node of an op: records `inputs` and `backward` only when grad mode is on
+  /// and some input requires a gradient. Op files call this.
+  template <class... In>
+  static Var make_result(Tensor<T, D> value, const char* op,
+                         std::function<void(node_type&)> backward, const In&... inputs) {
+    Var out(std::move(value), false);
+    out.n_->op = op;
+    const bool needs = grad_mode() && (inputs.requires_grad() || ...);
+    if (needs) {
+      out.n_->requires_grad = true;
+      (out.n_->inputs.push_back(inputs.node()), ...);
+      out.n_->backward = std::move(backward);
+    }
+    return out;
+  }
+  /// As make_result, for a run-time list of inputs.
+  static Var make_result_n(Tensor<T, D> value, const char* op,
+                           std::function<void(node_type&)> backward, const std::vector<Var>& ins) {
+    Var out(std::move(value), false);
+    out.n_->op = op;
+    bool needs = false;
+    for (auto& v : ins) needs = needs || v.requires_grad();
+    if (grad_mode() && needs) {
+      out.n_->requires_grad = true;
+      for (auto& v : ins) out.n_->inputs.push_back(v.node());
+      out.n_->backward = std::move(backward);
+    }
+    return out;
+  }
+
+ private:
+  std::shared_ptr<node_type> n_;
+};
+
+}  // namespace flsl
