@@ -19,3 +19,4 @@
 #include "autograd/elementwise.hpp"
 #include "autograd/gradcheck.hpp"
 #include "autograd/ops.hpp"
+#include "nn.hpp"

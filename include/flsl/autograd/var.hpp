@@ -140,24 +140,26 @@ class Var {
                " for a value of shape ", shape());
     FLSL_CHECK(requires_grad(), "backward: the value does not require a gradient (no input of ",
                n_->op, " requires one, or it was computed under no_grad)");
-    // Topological order (inputs before users) by an iterative depth-first search.
-    std::vector<node_type*> order;
+    // Topological order (inputs before users) by an iterative depth-first search. The order holds
+    // owning pointers: freeing a node's inputs below must not destroy nodes still to be visited.
+    std::vector<std::shared_ptr<node_type>> order;
     std::unordered_set<node_type*> seen;
-    std::vector<std::pair<node_type*, std::size_t>> stack{{n_.get(), 0}};
+    std::vector<std::pair<std::shared_ptr<node_type>, std::size_t>> stack{{n_, 0}};
     seen.insert(n_.get());
     while (!stack.empty()) {
-      auto& [nd, i] = stack.back();
-      if (i < nd->inputs.size()) {
-        node_type* in = nd->inputs[i++].get();
-        if (in->requires_grad && !in->is_leaf() && seen.insert(in).second) stack.push_back({in, 0});
+      auto& top = stack.back();
+      if (top.second < top.first->inputs.size()) {
+        std::shared_ptr<node_type> in = top.first->inputs[top.second++];
+        if (in->requires_grad && !in->is_leaf() && seen.insert(in.get()).second)
+          stack.emplace_back(std::move(in), 0);
       } else {
-        order.push_back(nd);
+        order.push_back(std::move(top.first));
         stack.pop_back();
       }
     }
     n_->accumulate(seed);
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      node_type* nd = *it;
+      node_type* nd = it->get();
       if (nd->grad.defined()) nd->backward(*nd);
       // Free the graph: saved tensors live in the closure, inputs keep parents alive.
       nd->backward = nullptr;

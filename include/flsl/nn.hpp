@@ -1,0 +1,6 @@
+// The module layer: compile-time layer specs, composition and named parameters.
+#pragma once
+
+#include "nn/layers.hpp"
+#include "nn/module.hpp"
+#include "nn/sequential.hpp"
