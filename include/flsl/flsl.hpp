@@ -20,3 +20,4 @@
 #include "autograd/gradcheck.hpp"
 #include "autograd/ops.hpp"
 #include "nn.hpp"
+#include "objective/flsl_loss.hpp"

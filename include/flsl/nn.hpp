@@ -3,4 +3,6 @@
 
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
+#include "nn/pos_embed.hpp"
 #include "nn/sequential.hpp"
+#include "nn/vit.hpp"

@@ -1,6 +1,8 @@
 // Compiler and device portability macros shared by every layer.
 #pragma once
 
+#include <cstddef>
+
 #if defined(__CUDACC__)
 #define FLSL_HD __host__ __device__
 #define FLSL_CUDA_COMPILER 1
