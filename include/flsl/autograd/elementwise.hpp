@@ -42,7 +42,7 @@ auto cst(double v) {
   template <>                               \
   struct derivative<op::OP> {               \
     template <int I, class A>               \
-    static auto d(const A& a) {             \
+    static auto d([[maybe_unused]] const A& a) { \
       return EXPR;                          \
     }                                       \
   };
