@@ -4,9 +4,10 @@ function(flsl_project_target target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror>)
   # GCC 12 warns inside its own avx512fintrin.h when Eigen's AVX-512 kernels are inlined
-  # (GCC bug 105593, a false positive in the compiler's header): not ours to fix.
+  # and -Wuninitialized (GCC bug 105593, a false positive in the compiler's header).
   if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
-    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wno-maybe-uninitialized>)
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CXX>:-Wno-maybe-uninitialized -Wno-uninitialized>)
   endif()
   if(FLSL_MARCH)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=${FLSL_MARCH}>)

@@ -1,0 +1,213 @@
+// The FLSL step against PyTorch: tests/fixtures/flsl_tiny.safetensors holds a float64 reference
+// (tools/make_flsl_fixtures.py) of the loss, gradients, AdamW, freeze and EMA on a tiny ViT.
+#include <doctest/doctest.h>
+
+#include <flsl/flsl.hpp>
+#include <flsl/io/safetensors.hpp>
+#include <flsl/train/flsl_step.hpp>
+
+using namespace flsl;
+
+namespace {
+using tiny_cfg = nn::vit_config<32, 2, 2, 8, 4, 48>;
+using tiny_net = nn::backbone_with_head<nn::vision_transformer<tiny_cfg>,
+                                        nn::projection_head<32, 64, 64, 32>>;
+
+const io::safetensors_file& fixture() {
+  static const io::safetensors_file f(std::string(FLSL_FIXTURE_DIR) + "/flsl_tiny.safetensors");
+  return f;
+}
+
+template <class T>
+void load_init(nn::model<tiny_net, T>& m) {
+  for (auto& [name, p] : nn::named_parameters(m)) p.value().copy_from(fixture().get_as<T>("init." + name));
+}
+
+template <class T>
+flsl_views<T> fixture_views() {
+  flsl_views<T> v;
+  v.teacher = fixture().get_as<T>("input.teacher");
+  v.global = fixture().get_as<T>("input.global");
+  v.local = fixture().get_as<T>("input.local");
+  v.query_global = fixture().get<std::int64_t>("input.query.global");
+  v.query_local = fixture().get<std::int64_t>("input.query.local");
+  v.locals = 2;
+  return v;
+}
+
+/// Keep masks of iteration k: block 1 (rate 0.1) has one per branch and forward; block 0 none.
+template <class T>
+flsl_drop_paths<T> fixture_drop(index_t k) {
+  flsl_drop_paths<T> d;
+  for (auto [view, out] : {std::pair{"global", &d.global}, std::pair{"local", &d.local}}) {
+    out->resize(2);
+    auto& b1 = (*out)[1];
+    b1.rate = 0.1;
+    b1.attn = fixture().get_as<T>(std::string("input.keep.") + view + ".blocks.1.attn").select(0, k).clone();
+    b1.mlp = fixture().get_as<T>(std::string("input.keep.") + view + ".blocks.1.mlp").select(0, k).clone();
+  }
+  return d;
+}
+
+optim::recipe fixture_recipe() {
+  optim::recipe r;
+  r.epochs = 5;
+  r.iters_per_epoch = 2;
+  r.total_batch = 2;
+  r.lr = 0.5;
+  r.warmup_epochs = 1;
+  r.warmup_teacher_temp_epochs = 2;
+  r.freeze_last_layer = 1;
+  return r;
+}
+
+flsl_loss_params fixture_loss() {
+  flsl_loss_params p;
+  p.b_sa = 0.1 / std::sqrt(384.0);
+  p.b_ca = 0.2 / std::sqrt(384.0);
+  return p;
+}
+
+/// max |a - b| / (atol + rtol |b|) over all elements: <= 1 passes.
+template <class T>
+double excess(const Tensor<T>& got, const Tensor<double>& want, double atol, double rtol) {
+  REQUIRE(got.shape() == want.reshape_or_copy(got.shape()).shape());
+  const auto g = got.template to<double>().to_vector();
+  const auto w = want.to_vector();
+  double worst = 0;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    worst = std::max(worst, std::abs(g[i] - w[i]) / (atol + rtol * std::abs(w[i])));
+  return worst;
+}
+double ref(const std::string& name) { return fixture().get<double>(name).data()[0]; }
+
+bool is_key_bias(const std::string& name) { return name.find("qkv.bias") != std::string::npos; }
+}  // namespace
+
+TEST_CASE("position tables equal the fixture's sin-cos table and its bicubic resize") {
+  nn::model<tiny_net, double> m(0);
+  CHECK(excess(m.backbone.positions(6), fixture().get<double>("const.pos_embed.global"), 1e-15, 0) <= 1);
+  CHECK(excess(m.backbone.positions(4), fixture().get<double>("const.pos_embed.local"), 1e-14, 0) <= 1);
+}
+
+TEST_CASE("f64: the first step's loss, intermediates and gradients equal PyTorch's") {
+  nn::model<tiny_net, double> s(0), t(0);
+  load_init(s);
+  load_init(t);
+  auto r = flsl_loss(s, t, fixture_views<double>(), 0.04, fixture_loss(), fixture_drop<double>(0));
+  CHECK(r.total.value().item() == doctest::Approx(ref("step1.loss")).epsilon(1e-12));
+  CHECK(std::abs(r.total.value().item() - ref("step1.loss")) < 1e-10);
+  CHECK(std::abs(r.ms.value().item() - ref("step1.loss_ms")) < 1e-10);
+  CHECK(std::abs(r.km.value().item() - ref("step1.loss_km")) < 1e-10);
+  CHECK(std::abs(r.vmr.value().item() - ref("step1.loss_vmr")) < 1e-10);
+  CHECK(excess(r.teacher_tokens, fixture().get<double>("step1.teacher_tokens"), 1e-10, 0) <= 1);
+  CHECK(excess(r.student_global.value(), fixture().get<double>("step1.student_tokens.global"), 1e-10, 0) <= 1);
+  CHECK(excess(r.student_local.value(), fixture().get<double>("step1.student_tokens.local"), 1e-10, 0) <= 1);
+  auto zh = r.zhat.value();
+  CHECK(excess(zh.narrow(0, 0, 8), fixture().get<double>("step1.zhat.global").view({8, 32}), 1e-10, 0) <= 1);
+  CHECK(excess(zh.narrow(0, 8, 16), fixture().get<double>("step1.zhat.local").view({16, 32}), 1e-10, 0) <= 1);
+  CHECK(excess(r.zplus.narrow(0, 0, 8), fixture().get<double>("step1.zplus.global").view({8, 32}), 1e-10, 0) <= 1);
+  CHECK(excess(r.student_logits.value().narrow(0, 8, 16),
+               fixture().get<double>("step1.student_logits.local").view({16, 64}), 1e-10, 0) <= 1);
+  CHECK(excess(r.teacher_logits.narrow(0, 0, 8),
+               fixture().get<double>("step1.teacher_logits.global").view({8, 64}), 1e-10, 0) <= 1);
+  r.total.backward();
+  int checked = 0;
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    CAPTURE(name);
+    REQUIRE(p.grad().defined());
+    const double atol = is_key_bias(name) ? 1e-9 : 1e-10;
+    CHECK(excess(p.grad(), fixture().get<double>("step1.grad." + name), atol, 1e-8) <= 1);
+    ++checked;
+  }
+  CHECK(checked == 35);
+}
+
+TEST_CASE("f64: two and ten full steps (clip, freeze, AdamW, EMA, schedules) equal PyTorch's") {
+  nn::model<tiny_net, double> s(0), t(0);
+  load_init(s);
+  flsl_learner<nn::model<tiny_net, double>, double> learner(s, t, fixture_recipe(), fixture_loss());
+  learner.sync_teacher();
+  const auto views = fixture_views<double>();
+  const auto losses = fixture().get<double>("steps10.loss");        // [10, 4]
+  const auto norms = fixture().get<double>("steps10.grad_norm");    // [10, 35]
+  const auto sched_lr = fixture().get<double>("schedule.lr");
+  auto teacher_stats = [&](const char* key) {
+    const auto st = fixture().get<double>(key);  // [35, 4]
+    const auto init_names = nn::named_parameters(t);
+    for (std::size_t i = 0; i < init_names.size(); ++i) {
+      const auto& [name, p] = init_names[i];
+      CAPTURE(name);
+      Tensor<double> diff = p.value() - fixture().get<double>("init." + name);
+      const double atol = is_key_bias(name) ? 1e-9 : 1e-9;
+      CHECK(std::abs(sum(diff).item() - st(index_t(i), 0)) < atol);
+      CHECK(std::abs(std::sqrt(sum(square(diff)).item()) - st(index_t(i), 1)) < atol);
+      CHECK(std::abs(sum(p.value()).item() - st(index_t(i), 3)) < atol);
+    }
+  };
+  for (index_t k = 0; k < 10; ++k) {
+    CAPTURE(k);
+    const auto res = learner.step(views, fixture_drop<double>(k));
+    CHECK(res.schedule.lr == doctest::Approx(sched_lr(k)).epsilon(1e-15));
+    CHECK(std::abs(res.total - losses(k, 0)) < 1e-10);
+    CHECK(std::abs(res.ms - losses(k, 1)) < 1e-10);
+    CHECK(std::abs(res.km - losses(k, 2)) < 1e-10);
+    CHECK(std::abs(res.vmr - losses(k, 3)) < 1e-10);
+    for (index_t i = 0; i < 35; ++i)
+      CHECK(res.grad_norms[std::size_t(i)] == doctest::Approx(norms(k, i)).epsilon(1e-9));
+    if (k == 1) {
+      for (auto& [name, p] : nn::named_parameters(s)) {
+        CAPTURE(name);
+        CHECK(excess(p.value(), fixture().get<double>("step2.param." + name), is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
+      }
+      teacher_stats("step2.teacher_stats");
+      CHECK(learner.optimizer().step_count("head.last_layer.weight_v") == 0);
+      CHECK(learner.optimizer().step_count("norm.weight") == 2);
+    }
+  }
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    CAPTURE(name);
+    CHECK(excess(p.value(), fixture().get<double>("steps10.param." + name), is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
+  }
+  teacher_stats("steps10.teacher_stats");
+}
+
+TEST_CASE("f32: the first step and ten steps' losses track the f64 reference") {
+  nn::model<tiny_net, float> s(0), t(0);
+  load_init(s);
+  auto r = flsl_loss(s, s, fixture_views<float>(), 0.04, fixture_loss(), fixture_drop<float>(0));
+  for (auto [got, key] : {std::pair{r.total, "step1.loss"}, {r.ms, "step1.loss_ms"},
+                          {r.km, "step1.loss_km"}, {r.vmr, "step1.loss_vmr"}}) {
+    CAPTURE(key);
+    CHECK(double(got.value().item()) == doctest::Approx(ref(key)).epsilon(1e-5));
+  }
+  r.total.backward();
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    CAPTURE(name);
+    const auto want = fixture().get<double>("step1.grad." + name);
+    const double scale = max(abs(want)).item();
+    CHECK(excess(p.grad(), want, 1e-4 * scale + 1e-7, 0) <= 1);
+  }
+  nn::zero_grad(s);
+  flsl_learner<nn::model<tiny_net, float>, float> learner(s, t, fixture_recipe(), fixture_loss());
+  learner.sync_teacher();
+  const auto losses = fixture().get<double>("steps10.loss");
+  const auto views = fixture_views<float>();
+  for (index_t k = 0; k < 10; ++k) {
+    CAPTURE(k);
+    const auto res = learner.step(views, fixture_drop<float>(k));
+    CHECK(res.total == doctest::Approx(losses(k, 0)).epsilon(1e-4));
+  }
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    CAPTURE(name);
+    const auto want = fixture().get<double>("steps10.param." + name);
+    if (is_key_bias(name)) {
+      // The key bias's gradient is zero analytically (softmax ignores q.b_k); in f32 its rounding
+      // noise is what AdamW normalises, so only the query and value thirds are comparable.
+      for (index_t part : {0, 2})
+        CHECK(excess(p.value().narrow(0, 32 * part, 32), want.narrow(0, 32 * part, 32), 1e-5, 1e-4) <= 1);
+    } else {
+      CHECK(excess(p.value(), want, 1e-5, 1e-4) <= 1);
+    }
+  }
+}
