@@ -1,0 +1,107 @@
+// Properties of the FLSL objective and step that hold without any reference implementation.
+#include <doctest/doctest.h>
+
+#include <flsl/flsl.hpp>
+#include <flsl/train/flsl_step.hpp>
+
+using namespace flsl;
+
+namespace {
+using cfg = nn::vit_config<16, 1, 2, 8, 4, 32>;
+using net_t = nn::model<nn::backbone_with_head<nn::vision_transformer<cfg>, nn::projection_head<16, 32, 32, 16>>, double>;
+
+flsl_views<double> views(std::uint64_t seed) {
+  flsl_views<double> v;
+  v.teacher = Tensor<double>::randn({2, 3, 32, 32}, seed);
+  v.global = Tensor<double>::randn({2, 3, 32, 32}, seed + 1);
+  v.local = Tensor<double>::randn({4, 3, 16, 16}, seed + 2);
+  v.locals = 2;
+  v.query_global = Tensor<std::int64_t>::from({0, 2, 8, 10, 5, 7, 13, 15}, {2, 4});
+  v.query_local = Tensor<std::int64_t>::from({0, 1, 2, 3}, {4, 1});
+  return v;
+}
+optim::recipe short_recipe() {
+  optim::recipe r;
+  r.epochs = 2;
+  r.iters_per_epoch = 3;
+  r.total_batch = 2;
+  r.warmup_epochs = 0;
+  r.lr = 0.5;
+  return r;
+}
+}  // namespace
+
+TEST_CASE("L_vmr is 0 for a uniform batch mean and log K for a one-hot one") {
+  auto u = Var<double>(Tensor<double>::full({64}, 1.0 / 64));
+  CHECK(std::abs(kl_to_uniform(u).value().item()) < 1e-13);  // 64 terms of rounding
+  auto one = Tensor<double>::zeros({64});
+  one(3) = 1.0;
+  CHECK(kl_to_uniform(Var<double>(one)).value().item() == doctest::Approx(std::log(64.0)));
+}
+
+TEST_CASE("the loss is the weighted sum of its parts; the teacher gets no gradient") {
+  net_t s(1), t(1);
+  auto r = flsl_loss(s, t, views(10), 0.04, flsl_loss_params{});
+  CHECK(r.total.value().item() ==
+        doctest::Approx(0.03 * r.ms.value().item() + r.km.value().item() + 5.0 * r.vmr.value().item()));
+  CHECK(r.ms.value().item() >= 0);
+  CHECK(r.ms.value().item() <= 4);
+  r.total.backward();
+  for (auto& [n, p] : nn::named_parameters(t)) CHECK_FALSE(p.grad().defined());
+  int with_grad = 0;
+  for (auto& [n, p] : nn::named_parameters(s)) with_grad += p.grad().defined();
+  CHECK(with_grad == int(nn::named_parameters(s).size()));
+}
+
+TEST_CASE("EMA with momentum 1 leaves the teacher unchanged, momentum 0 copies the student") {
+  net_t s(1), t(2);
+  const auto before = nn::named_parameters(t)[0].second.value().clone();
+  optim::ema_update(t, s, 1.0);
+  CHECK(nn::named_parameters(t)[0].second.value().to_vector() == before.to_vector());
+  optim::ema_update(t, s, 0.0);
+  CHECK(nn::named_parameters(t)[0].second.value().to_vector() ==
+        nn::named_parameters(s)[0].second.value().to_vector());
+}
+
+TEST_CASE("a step is reproducible from the weights, the optimizer state and the train_state") {
+  net_t s1(1), t1(1), s2(1), t2(1);
+  flsl_learner<net_t, double> a(s1, t1, short_recipe(), {}, {}, {0, 99});
+  flsl_learner<net_t, double> b(s2, t2, short_recipe(), {}, {}, {0, 99});
+  a.sync_teacher();
+  b.sync_teacher();
+  for (int i = 0; i < 3; ++i) {
+    const auto ra = a.step(views(20 + i)), rb = b.step(views(20 + i));
+    CHECK(ra.total == rb.total);
+  }
+  auto pa = nn::named_parameters(s1), pb = nn::named_parameters(s2);
+  for (std::size_t i = 0; i < pa.size(); ++i)
+    CHECK(pa[i].second.value().to_vector() == pb[i].second.value().to_vector());
+  CHECK(a.state().iteration == 3);
+}
+
+TEST_CASE("a non-finite loss stops the step before any weight changes") {
+  net_t s(1), t(1);
+  flsl_learner<net_t, double> l(s, t, short_recipe());
+  l.sync_teacher();
+  auto v = views(30);
+  v.global(0, 0, 0, 0) = std::nan("");
+  const auto before = nn::named_parameters(s)[2].second.value().clone();
+  CHECK_THROWS_WITH_AS(l.step(v), doctest::Contains("flsl step 0 (epoch 0): the loss is not finite"),
+                       flsl::error);
+  CHECK(nn::named_parameters(s)[2].second.value().to_vector() == before.to_vector());
+  CHECK(l.state().iteration == 0);
+}
+
+TEST_CASE("the last layer is frozen during the first epochs, then trains") {
+  net_t s(1), t(1);
+  auto r = short_recipe();
+  r.freeze_last_layer = 1;
+  flsl_learner<net_t, double> l(s, t, r);
+  l.sync_teacher();
+  const auto v0 = s.head.weight_v.value().clone();
+  for (int i = 0; i < 3; ++i) l.step(views(40 + i));  // epoch 0
+  CHECK(s.head.weight_v.value().to_vector() == v0.to_vector());
+  CHECK(l.optimizer().step_count("head.last_layer.weight_v") == 0);
+  l.step(views(50));  // epoch 1
+  CHECK(s.head.weight_v.value().to_vector() != v0.to_vector());
+}
