@@ -63,8 +63,10 @@ struct node {
     const int lead = gs.rank() - s.rank();
     for (int i = 0; i < gs.rank(); ++i)
       if (i < lead || (s[i - lead] == 1 && gs[i] != 1)) axes.push_back(i);
-    auto reduced = sum(e, axes, true);
-    auto r = reduced.view(s);
+    auto reduced = sum(e, axes, true);  // f32 for bf16 values: round back to T
+    Tensor<T, D> r;
+    if constexpr (std::is_same_v<typename decltype(reduced)::value_type, T>) r = reduced.view(s);
+    else r = Tensor<T, D>(cast<T>(reduced)).view(s);
     if (!grad.defined()) grad = r;
     else grad.assign(grad + r);
   }
