@@ -14,11 +14,11 @@ namespace flsl::data {
 
 /// One image as loaded by a dataset. Reused from image to image (buffers keep their capacity).
 struct SourceImage {
-  bool encoded = true;               // true: `bytes` holds a JPEG/PNG; false: `pixels` is decoded
-  std::vector<std::uint8_t> bytes;   // encoded file contents
-  ImageU8 pixels;                    // decoded RGB
-  std::string name;                  // file path or "<procedural train 17>", for messages
-  std::int64_t label = -1;           // class index, -1 when there is none
+  bool encoded = true;              // true: `bytes` holds a JPEG/PNG; false: `pixels` is decoded
+  std::vector<std::uint8_t> bytes;  // encoded file contents
+  ImageU8 pixels;                   // decoded RGB
+  std::string name;                 // file path or "<procedural train 17>", for messages
+  std::int64_t label = -1;          // class index, -1 when there is none
 };
 
 /// A random-access image collection: `size()` images, `load(i, out)` fills out with image i.

@@ -110,7 +110,8 @@ class Decoder {
 };
 
 /// Decodes one image with a temporary decoder (convenience; reuse a Decoder in loops).
-inline ImageU8 decode_image(std::span<const std::uint8_t> bytes, std::string_view name = "<memory>") {
+inline ImageU8 decode_image(std::span<const std::uint8_t> bytes,
+                            std::string_view name = "<memory>") {
   Decoder d;
   ImageU8 img;
   d.decode(bytes, name, img);

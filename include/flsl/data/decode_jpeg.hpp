@@ -53,7 +53,8 @@ inline JpegScale jpeg_scale_for(double min_scale) {
 class JpegDecoder {
  public:
   JpegDecoder() : handle_(tjInitDecompress()) {
-    FLSL_CHECK(handle_ != nullptr, "JpegDecoder: tjInitDecompress failed: ", tjGetErrorStr2(nullptr));
+    FLSL_CHECK(handle_ != nullptr,
+               "JpegDecoder: tjInitDecompress failed: ", tjGetErrorStr2(nullptr));
   }
   ~JpegDecoder() {
     if (handle_) tjDestroy(handle_);
@@ -67,7 +68,9 @@ class JpegDecoder {
     FLSL_CHECK(!bytes.empty(), "cannot decode JPEG '", name, "': the file is empty");
     if (tjDecompressHeader3(handle_, bytes.data(), static_cast<unsigned long>(bytes.size()),
                             &h.width, &h.height, &h.subsampling, &h.colorspace) != 0) {
-      fail("cannot decode JPEG '", name, "': ", tjGetErrorStr2(handle_));
+      const std::string msg = tjGetErrorStr2(handle_);
+      reset();
+      fail("cannot decode JPEG '", name, "': ", msg);
     }
     FLSL_CHECK(h.width > 0 && h.height > 0, "cannot decode JPEG '", name, "': size ", h.width, "x",
                h.height);
@@ -94,10 +97,11 @@ class JpegDecoder {
                                  dst, w, 0, hgt, cmyk ? TJPF_CMYK : TJPF_RGB, 0);
     if (rc != 0) {
       const std::string msg = tjGetErrorStr2(handle_);
-      if (tjGetErrorCode(handle_) == TJERR_FATAL)
-        fail("cannot decode JPEG '", name, "': ", msg);
-      if (msg.find("Premature end") != std::string::npos)
-        fail("cannot decode JPEG '", name, "': truncated (", msg, ")");
+      const bool fatal = tjGetErrorCode(handle_) == TJERR_FATAL;
+      if (fatal || msg.find("Premature end") != std::string::npos) {
+        reset();
+        fail("cannot decode JPEG '", name, "': ", fatal ? "" : "truncated: ", msg);
+      }
     }
     if (cmyk) cmyk_to_rgb(cmyk_.data(), out, h.markers.adobe);
   }
@@ -116,6 +120,14 @@ class JpegDecoder {
         rgb[3 * i + std::size_t(c)] = std::uint8_t((v * k + 127) / 255);
       }
     }
+  }
+
+  /// A fresh decompressor: libjpeg's state after an error is not trusted for the next image.
+  void reset() {
+    tjDestroy(handle_);
+    handle_ = tjInitDecompress();
+    FLSL_CHECK(handle_ != nullptr,
+               "JpegDecoder: tjInitDecompress failed: ", tjGetErrorStr2(nullptr));
   }
 
   tjhandle handle_ = nullptr;

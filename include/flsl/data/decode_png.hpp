@@ -54,8 +54,8 @@ inline void png_on_warning(png_structp, png_const_charp) {}
 
 /// Reads the header and sets up the conversion to 8-bit RGB. Returns false when libpng failed
 /// (message in the context). No C++ object lives in this frame across the setjmp.
-inline bool png_setup_rgb8(png_structp png, png_infop info, png_uint_32* width,
-                           png_uint_32* height, std::size_t* rowbytes, int* channels) {
+inline bool png_setup_rgb8(png_structp png, png_infop info, png_uint_32* width, png_uint_32* height,
+                           std::size_t* rowbytes, int* channels) {
   if (setjmp(png_jmpbuf(png))) return false;
   png_read_info(png, info);
   const int color = png_get_color_type(png, info);

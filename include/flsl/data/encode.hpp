@@ -2,8 +2,8 @@
 // saving visualisations, dumping procedural images and making test images.
 #pragma once
 
-#include <turbojpeg.h>
 #include <png.h>
+#include <turbojpeg.h>
 
 #include <cstdint>
 #include <filesystem>
@@ -47,9 +47,8 @@ inline std::vector<std::uint8_t> encode_png(const ImageU8& img) {
   FLSL_CHECK(png_image_write_to_memory(&image, nullptr, &size, 0, img.pixels.data(), 0, nullptr),
              "encode_png: ", image.message);
   std::vector<std::uint8_t> out(size);
-  FLSL_CHECK(
-      png_image_write_to_memory(&image, out.data(), &size, 0, img.pixels.data(), 0, nullptr),
-      "encode_png: ", image.message);
+  FLSL_CHECK(png_image_write_to_memory(&image, out.data(), &size, 0, img.pixels.data(), 0, nullptr),
+             "encode_png: ", image.message);
   out.resize(size);
   return out;
 }

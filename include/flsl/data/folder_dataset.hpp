@@ -5,6 +5,7 @@
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -62,7 +63,7 @@ struct FolderOptions {
   /// Label images by their first-level sub-folder (sorted class names); files at the top are -1.
   bool class_subfolders = true;
   /// Receives every warning and the scan summary; default: stderr with a "flsl: " prefix.
-  std::function<void(const std::string&)> log;
+  std::function<void(const std::string&)> log = {};
 };
 
 /// Result of a scan: counts and every skipped file with the reason.
@@ -90,7 +91,8 @@ class FolderDataset {
     namespace fs = std::filesystem;
     FLSL_CHECK(fs::is_directory(root_), "FolderDataset: '", root_.string(), "' is not a directory");
     std::vector<std::string> rel;
-    for (auto it = fs::recursive_directory_iterator(root_, fs::directory_options::skip_permission_denied);
+    for (auto it =
+             fs::recursive_directory_iterator(root_, fs::directory_options::skip_permission_denied);
          it != fs::recursive_directory_iterator(); ++it) {
       const std::string name = it->path().filename().string();
       if (!name.empty() && name[0] == '.') {  // hidden files and folders
@@ -170,9 +172,8 @@ class FolderDataset {
     rel.erase(std::unique(rel.begin(), rel.end()), rel.end());
     summary_.candidates = rel.size();
     std::vector<std::string> reason(rel.size());
-    tbb::parallel_for(std::size_t(0), rel.size(), [&](std::size_t i) {
-      reason[i] = check(root_ / rel[i]);
-    });
+    tbb::parallel_for(std::size_t(0), rel.size(),
+                      [&](std::size_t i) { reason[i] = check(root_ / rel[i]); });
     for (std::size_t i = 0; i < rel.size(); ++i) {
       if (reason[i].empty()) {
         files_.push_back(rel[i]);
@@ -210,10 +211,10 @@ class FolderDataset {
     try {
       std::error_code ec;
       if (!std::filesystem::is_regular_file(p, ec)) return "does not exist or is not a file";
-      if (opt_.check == ScanCheck::extension) return "";
       const auto size = std::filesystem::file_size(p, ec);
       if (ec) return "cannot read its size: " + ec.message();
       if (size == 0) return "empty file";
+      if (opt_.check == ScanCheck::extension) return "";
       std::vector<std::uint8_t> bytes;
       Decoder dec;
       if (opt_.check == ScanCheck::header) {

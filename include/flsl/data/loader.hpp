@@ -40,7 +40,7 @@ struct LoaderParams {
   int in_flight = 2;  // batches being built at the same time
   int prefetch = 1;   // finished batches waiting for the consumer
   /// Receives warnings about images that failed to load; default: stderr with a "flsl: " prefix.
-  std::function<void(const std::string&)> log;
+  std::function<void(const std::string&)> log = {};
 };
 
 /// One batch of FLSL views. Shapes (B = samples in this batch, L = local views per image):
@@ -61,6 +61,9 @@ struct Batch {
   } storage;
 };
 
+/// A failing image is replaced by the next index, at most this many tries per sample.
+inline constexpr std::size_t max_replacements = 16;
+
 /// Stream tags that keep the loader's random streams apart from every other user of the seed.
 inline constexpr std::uint64_t loader_sample_tag = 0x666c736c2d696d67ull;   // "flsl-img"
 inline constexpr std::uint64_t loader_shuffle_tag = 0x666c736c2d736866ull;  // "flsl-shf"
@@ -75,15 +78,18 @@ template <image_dataset D>
 class Loader {
  public:
   Loader(const D& dataset, MultiCropParams crop = {}, LoaderParams p = {})
-      : data_(dataset), crop_(crop), p_(std::move(p)),
+      : data_(dataset),
+        crop_(crop),
+        p_(std::move(p)),
         arena_(p_.threads > 0 ? p_.threads : tbb::task_arena::automatic) {
     crop_.validate();
     FLSL_CHECK(p_.batch_size > 0, "Loader: batch size ", p_.batch_size, " must be positive");
     FLSL_CHECK(p_.in_flight > 0 && p_.prefetch > 0, "Loader: in_flight ", p_.in_flight,
                " and prefetch ", p_.prefetch, " must be positive");
     FLSL_CHECK(data_.size() > 0, "Loader: the dataset is empty");
-    FLSL_CHECK(!p_.drop_last || std::int64_t(data_.size()) >= p_.batch_size, "Loader: ",
-               data_.size(), " images make no full batch of ", p_.batch_size, " with drop_last");
+    FLSL_CHECK(!p_.drop_last || std::int64_t(data_.size()) >= p_.batch_size,
+               "Loader: ", data_.size(), " images make no full batch of ", p_.batch_size,
+               " with drop_last");
     const int buffers = p_.in_flight + p_.prefetch + 1;
     for (int i = 0; i < buffers; ++i) buffers_.push_back(std::make_unique<Batch>(new_batch()));
   }
@@ -140,8 +146,9 @@ class Loader {
   /// epoch first). first_batch > 0 resumes an epoch exactly where a checkpoint left it.
   void start_epoch(std::int64_t epoch, std::int64_t first_batch = 0) {
     stop();
-    FLSL_CHECK(first_batch >= 0 && first_batch <= batches_per_epoch(), "Loader::start_epoch: ",
-               "first batch ", first_batch, " out of range (", batches_per_epoch(), " per epoch)");
+    FLSL_CHECK(first_batch >= 0 && first_batch <= batches_per_epoch(),
+               "Loader::start_epoch: ", "first batch ", first_batch, " out of range (",
+               batches_per_epoch(), " per epoch)");
     order_ = epoch_order(epoch);
     ready_ = std::make_unique<tbb::concurrent_bounded_queue<Batch*>>();
     ready_->set_capacity(p_.prefetch);
@@ -175,7 +182,7 @@ class Loader {
     return b;
   }
 
-  /// Stops the background work (waits for it); next() then returns nullptr.
+  /// Stops the background work (without finishing the epoch); next() then returns nullptr.
   void stop() {
     if (!producer_.joinable()) return;
     stop_ = true;
@@ -189,7 +196,7 @@ class Loader {
     producer_.join();
   }
 
-  /// Images replaced because they failed to load, so far.
+  /// Distinct images that failed to load (each replaced by the next index), so far.
   std::int64_t replaced_images() const { return replaced_.load(); }
 
  private:
@@ -210,17 +217,20 @@ class Loader {
                 tbb::filter_mode::serial_in_order,
                 [&](tbb::flow_control& fc) -> Batch* {
                   Batch* b = nullptr;
-                  if (next_index >= end || stop_.load() || !free_.try_pop(b)) {
+                  if (next_index >= end || stop_.load()) {
                     fc.stop();
                     return nullptr;
                   }
+                  // in_flight + prefetch + 1 buffers: one is always free here
+                  FLSL_CHECK(free_.try_pop(b), "Loader: internal error, no free batch buffer");
                   b->epoch = epoch;
                   b->index = next_index++;
                   return b;
                 }) &
                 tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::parallel,
                                                  [&](Batch* b) {
-                                                   if (!stop_.load()) fill(epoch, b->index, order_, *b);
+                                                   if (!stop_.load())
+                                                     fill(epoch, b->index, order_, *b);
                                                    return b;
                                                  }) &
                 tbb::make_filter<Batch*, void>(tbb::filter_mode::serial_in_order,
@@ -231,11 +241,11 @@ class Loader {
     } catch (...) {
       error_ = std::current_exception();
     }
-    done_ = true;
     try {
-      if (!stop_.load()) ready_->push(nullptr);
+      if (!stop_.load()) ready_->push(nullptr);  // end of epoch (stop() drains while waiting)
     } catch (const tbb::user_abort&) {
     }
+    done_ = true;
   }
 
   /// Fills `b` with batch `index` of the epoch whose order is `order` (parallel over samples).
@@ -277,7 +287,7 @@ class Loader {
     const std::uint64_t stream = mix_stream(loader_sample_tag, std::uint64_t(epoch), idx);
     const std::size_t n = data_.size();
     std::string last;
-    for (std::size_t attempt = 0; attempt < n; ++attempt) {
+    for (std::size_t attempt = 0; attempt < std::min<std::size_t>(n, max_replacements); ++attempt) {
       const std::size_t j = (idx + attempt) % n;
       try {
         data_.load(j, w.src);
@@ -290,14 +300,16 @@ class Loader {
         report_failure(j, last);
       }
     }
-    fail("Loader: no image of the dataset could be loaded; last error: ", last);
+    fail("Loader: image ", idx, " and the ", max_replacements - 1,
+         " next ones could not be loaded; last error: ", last);
   }
 
   void report_failure(std::size_t j, const std::string& what) {
     std::lock_guard lock(failed_mutex_);
     if (!failed_.insert(j).second) return;
     ++replaced_;
-    const std::string msg = "warning: image " + std::to_string(j) + " replaced by the next one: " + what;
+    const std::string msg =
+        "warning: image " + std::to_string(j) + " replaced by the next one: " + what;
     if (p_.log) {
       p_.log(msg);
     } else {

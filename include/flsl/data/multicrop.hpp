@@ -46,8 +46,9 @@ struct MultiCropParams {
     FLSL_CHECK(patch > 0 && student.size % patch == 0 && (n_local == 0 || local.size % patch == 0),
                "MultiCropParams: view sizes ", student.size, " and ", local.size,
                " must be multiples of the patch size ", patch);
-    FLSL_CHECK(global_window > 0 && global_window <= student_grid(), "MultiCropParams: global window ",
-               global_window, " does not fit the ", student_grid(), "x", student_grid(), " grid");
+    FLSL_CHECK(global_window > 0 && global_window <= student_grid(),
+               "MultiCropParams: global window ", global_window, " does not fit the ",
+               student_grid(), "x", student_grid(), " grid");
     FLSL_CHECK(n_local == 0 || (local_window > 0 && local_window <= local_grid()),
                "MultiCropParams: local window ", local_window, " does not fit the ", local_grid(),
                "x", local_grid(), " grid");
@@ -56,18 +57,18 @@ struct MultiCropParams {
 
 /// Where the views of one image go (contiguous planar memory, e.g. the slots of a batch).
 struct MultiCropOutput {
-  float* teacher = nullptr;                  // [3, T, T]
-  float* student = nullptr;                  // [3, S, S]
-  float* locals = nullptr;                   // [L, 3, s, s]
-  std::int64_t* student_queries = nullptr;   // [Qg]
-  std::int64_t* local_queries = nullptr;     // [L, Ql]
+  float* teacher = nullptr;                 // [3, T, T]
+  float* student = nullptr;                 // [3, S, S]
+  float* locals = nullptr;                  // [L, 3, s, s]
+  std::int64_t* student_queries = nullptr;  // [Qg]
+  std::int64_t* local_queries = nullptr;    // [L, Ql]
 };
 
 /// What the last call drew, for tests and debugging. Crop boxes of the teacher view are in
 /// upright full-image pixels; the others in pixels of view t.
 struct MultiCropRecord {
   int image_width = 0, image_height = 0;
-  double decode_scale = 1.0;  // JPEG DCT scale used for the teacher crop
+  double decode_scale = 1.0;   // JPEG DCT scale used for the teacher crop
   std::vector<CropBox> crops;  // teacher, student, locals...
   std::vector<bool> flips;
   std::vector<StyleRecord> styles;
@@ -141,7 +142,8 @@ class MultiCrop {
       crop = sample_crop(h.width, h.height, p_.teacher, g);
       double min_scale = 1.0;
       if (p_.dct_downscale)
-        min_scale = std::max(double(teacher.width) / crop.width, double(teacher.height) / crop.height);
+        min_scale =
+            std::max(double(teacher.width) / crop.width, double(teacher.height) / crop.height);
       scale = decoder_.decode(src.bytes, src.name, h, decoded_, min_scale).scale_x;
       img = &decoded_;
     } else {

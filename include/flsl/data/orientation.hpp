@@ -16,14 +16,22 @@ constexpr bool orientation_swaps_axes(int o) { return o >= 5 && o <= 8; }
 ///   5 transpose        6 rotate 90 clockwise  7 transverse          8 rotate 90 counter-clockwise
 constexpr std::pair<int, int> oriented_source(int o, int x, int y, int w, int h) {
   switch (o) {
-    case 2: return {w - 1 - x, y};
-    case 3: return {w - 1 - x, h - 1 - y};
-    case 4: return {x, h - 1 - y};
-    case 5: return {y, x};
-    case 6: return {y, h - 1 - x};
-    case 7: return {w - 1 - y, h - 1 - x};
-    case 8: return {w - 1 - y, x};
-    default: return {x, y};
+    case 2:
+      return {w - 1 - x, y};
+    case 3:
+      return {w - 1 - x, h - 1 - y};
+    case 4:
+      return {x, h - 1 - y};
+    case 5:
+      return {y, x};
+    case 6:
+      return {y, h - 1 - x};
+    case 7:
+      return {w - 1 - y, h - 1 - x};
+    case 8:
+      return {w - 1 - y, x};
+    default:
+      return {x, y};
   }
 }
 

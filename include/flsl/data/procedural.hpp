@@ -22,9 +22,8 @@ namespace flsl::data {
 /// nothing about the class.
 inline constexpr int procedural_num_classes = 8;
 inline constexpr std::array<const char*, procedural_num_classes + 1> procedural_class_names = {
-    "background",         "striped disc",   "checkered square",  "dotted triangle",
-    "plain ring",         "gridded cross",  "ringed hexagram",   "zigzag ellipse",
-    "speckled hexagon"};
+    "background",    "striped disc",    "checkered square", "dotted triangle", "plain ring",
+    "gridded cross", "ringed hexagram", "zigzag ellipse",   "speckled hexagon"};
 
 enum class Split { train = 0, val = 1 };
 
@@ -104,14 +103,21 @@ constexpr bool inside(int cls, std::int64_t u, std::int64_t v, std::int64_t r) {
   const std::int64_t au = u < 0 ? -u : u, av = v < 0 ? -v : v;
   const std::int64_t d2 = u * u + v * v;
   switch (cls) {
-    case 0: return d2 <= r * r;                                  // disc
-    case 1: return 4 * au <= 3 * r && 4 * av <= 3 * r;           // square
-    case 2: return in_triangle(u, v, r);                         // triangle
-    case 3: return d2 <= r * r && 400 * d2 >= 121 * r * r;       // ring
-    case 4: return (3 * au <= r && av <= r) || (3 * av <= r && au <= r);  // cross
-    case 5: return in_triangle(u, v, r) || in_triangle(u, -v, r);         // hexagram
-    case 6: return u * u + 4 * v * v <= r * r;                   // ellipse
-    default:                                                     // hexagon
+    case 0:
+      return d2 <= r * r;  // disc
+    case 1:
+      return 4 * au <= 3 * r && 4 * av <= 3 * r;  // square
+    case 2:
+      return in_triangle(u, v, r);  // triangle
+    case 3:
+      return d2 <= r * r && 400 * d2 >= 121 * r * r;  // ring
+    case 4:
+      return (3 * au <= r && av <= r) || (3 * av <= r && au <= r);  // cross
+    case 5:
+      return in_triangle(u, v, r) || in_triangle(u, -v, r);  // hexagram
+    case 6:
+      return u * u + 4 * v * v <= r * r;  // ellipse
+    default:                              // hexagon
       return 2048 * au <= sqrt3_q10 * r && sqrt3_q10 * av + 1024 * au <= sqrt3_q10 * r;
   }
 }
@@ -120,20 +126,25 @@ constexpr bool inside(int cls, std::int64_t u, std::int64_t v, std::int64_t r) {
 inline bool texture(const Object& o, std::int64_t u, std::int64_t v) {
   const std::int64_t p = o.period;
   switch (o.cls) {
-    case 0: return floor_div(u, p) & 1;                                           // stripes
-    case 1: return (floor_div(u, p) + floor_div(v, p)) & 1;                       // checker
-    case 2: {                                                                     // dots
+    case 0:
+      return floor_div(u, p) & 1;  // stripes
+    case 1:
+      return (floor_div(u, p) + floor_div(v, p)) & 1;  // checker
+    case 2: {                                          // dots
       const std::int64_t mu = floor_mod(u, p) - p / 2, mv = floor_mod(v, p) - p / 2;
       return 9 * (mu * mu + mv * mv) <= p * p;
     }
-    case 3: return false;                                                         // plain
-    case 4: return 4 * floor_mod(u, p) < p || 4 * floor_mod(v, p) < p;            // grid
-    case 5: return floor_div(isqrt(u * u + v * v), (2 * p) / 3) & 1;             // rings
-    case 6: {                                                                     // zigzag
+    case 3:
+      return false;  // plain
+    case 4:
+      return 4 * floor_mod(u, p) < p || 4 * floor_mod(v, p) < p;  // grid
+    case 5:
+      return floor_div(isqrt(u * u + v * v), (2 * p) / 3) & 1;  // rings
+    case 6: {                                                   // zigzag
       const std::int64_t w = floor_mod(u, 2 * p), tri = w < p ? w : 2 * p - w;
       return floor_div(v + tri, p) & 1;
     }
-    default:                                                                      // speckle
+    default:  // speckle
       return hash64(o.salt ^ std::uint64_t(floor_div(u, p / 2)) * 0x9E3779B97F4A7C15ull ^
                     std::uint64_t(floor_div(v, p / 2))) &
              1;
@@ -165,7 +176,9 @@ class ProceduralDataset {
     Generator g(p_.seed, mix_stream(tag, std::uint64_t(p_.split), std::uint64_t(i)));
     const int W = p_.width, H = p_.height;
     auto draw = [&](std::int64_t n) { return std::int64_t(g.uniform_int(std::uint32_t(n))); };
-    auto colour = [&] { return std::array<int, 3>{int(draw(256)), int(draw(256)), int(draw(256))}; };
+    auto colour = [&] {
+      return std::array<int, 3>{int(draw(256)), int(draw(256)), int(draw(256))};
+    };
 
     // background: two colours blended by two crossing triangle waves, plus pixel noise
     const auto b1 = colour(), b2 = colour();
@@ -187,7 +200,8 @@ class ProceduralDataset {
       o.sn = detail::sin_q14(angle);
       o.period = std::max<std::int64_t>(48, o.r / (3 + draw(3)));
       o.c1 = colour();
-      for (int c = 0; c < 3; ++c) o.c2[std::size_t(c)] = (o.c1[std::size_t(c)] + 80 + int(draw(96))) & 255;
+      for (int c = 0; c < 3; ++c)
+        o.c2[std::size_t(c)] = (o.c1[std::size_t(c)] + 80 + int(draw(96))) & 255;
       o.salt = (std::uint64_t(g.next_u32()) << 32) | g.next_u32();
     }
 
@@ -195,7 +209,8 @@ class ProceduralDataset {
     s.classes.assign(std::size_t(W) * std::size_t(H), 0);
     s.instances.assign(std::size_t(W) * std::size_t(H), 0);
     s.instance_class.resize(std::size_t(n));
-    for (int k = 0; k < n; ++k) s.instance_class[std::size_t(k)] = std::uint8_t(objects[std::size_t(k)].cls + 1);
+    for (int k = 0; k < n; ++k)
+      s.instance_class[std::size_t(k)] = std::uint8_t(objects[std::size_t(k)].cls + 1);
     std::array<std::int64_t, procedural_num_classes + 1> area{};
     for (int y = 0; y < H; ++y) {
       std::uint8_t* row = s.image.row(y);
@@ -217,8 +232,9 @@ class ProceduralDataset {
           rgb = detail::texture(o, u, v) ? o.c2 : o.c1;
         }
         if (hit < 0) {
-          const std::int64_t t = (detail::triangle(fx1 * x + fy1 * y, p1) +
-                                  detail::triangle(fx2 * x - fy2 * y, p2)) / 2;
+          const std::int64_t t =
+              (detail::triangle(fx1 * x + fy1 * y, p1) + detail::triangle(fx2 * x - fy2 * y, p2)) /
+              2;
           for (int c = 0; c < 3; ++c) {
             const std::size_t cc = std::size_t(c);
             rgb[cc] = int(b1[cc] + (b2[cc] - b1[cc]) * t / 255);
@@ -228,7 +244,8 @@ class ProceduralDataset {
           s.instances[at] = std::uint16_t(hit + 1);
         }
         ++area[s.classes[at]];
-        const std::uint64_t h = detail::hash64(noise_salt ^ (std::uint64_t(y) << 32 | std::uint64_t(x)));
+        const std::uint64_t h =
+            detail::hash64(noise_salt ^ (std::uint64_t(y) << 32 | std::uint64_t(x)));
         for (int c = 0; c < 3; ++c) {
           const int noise = int((h >> (8 * c)) % 17) - 8;
           row[3 * x + c] = std::uint8_t(std::clamp(rgb[std::size_t(c)] + noise, 0, 255));

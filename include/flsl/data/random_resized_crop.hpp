@@ -12,10 +12,13 @@
 
 namespace flsl::data {
 
-/// Integer crop box as torchvision returns it: rows [top, top + height), columns [left, left + width).
+/// Integer crop box as torchvision returns it: rows [top, top + height), columns [left, left +
+/// width).
 struct CropBox {
   int top = 0, left = 0, height = 0, width = 0;
-  Box box() const { return {double(left), double(top), double(left + width), double(top + height)}; }
+  Box box() const {
+    return {double(left), double(top), double(left + width), double(top + height)};
+  }
 };
 
 /// Parameters of one RandomResizedCrop: output side (square), area fraction range, aspect-ratio
@@ -37,7 +40,8 @@ inline int round_half_even(double v) {
 /// Draws a crop box of an image of width x height exactly as torchvision's get_params does:
 ///   for 10 tries: target_area = area * U(scale); ratio = exp(U(log r_min, log r_max));
 ///     w = round(sqrt(target_area * ratio)), h = round(sqrt(target_area / ratio));
-///     accept if 0 < w <= width and 0 < h <= height, with top ~ U{0..height-h}, left ~ U{0..width-w}.
+///     accept if 0 < w <= width and 0 < h <= height, with top ~ U{0..height-h}, left ~
+///     U{0..width-w}.
 ///   otherwise the centre crop of the whole image, its ratio clamped into [r_min, r_max].
 /// Random draws per try: two uniforms (scale, log-ratio), then two integers when accepted.
 inline CropBox sample_crop(int width, int height, const RandomResizedCropParams& p, Generator& g) {

@@ -17,10 +17,10 @@ struct StyleParams {
   double jitter_p = 0.8;  // RandomApply(ColorJitter(...), p)
   float brightness = 0.4f, contrast = 0.4f, saturation = 0.2f, hue = 0.1f;
   double grayscale_p = 0.2;
-  double blur_branch_p = 0.5;  // branch A with this probability, branch B otherwise
-  double blur_p_a = 0.5;       // A: blur with this probability
-  double blur_p_b = 0.1;       // B: blur with this probability, then
-  double solarize_p = 0.2;     //    solarise with this probability
+  double blur_branch_p = 0.5;               // branch A with this probability, branch B otherwise
+  double blur_p_a = 0.5;                    // A: blur with this probability
+  double blur_p_b = 0.1;                    // B: blur with this probability, then
+  double solarize_p = 0.2;                  //    solarise with this probability
   double sigma_min = 0.1, sigma_max = 2.0;  // blur radius (standard deviation), uniform
   bool normalize = true;
   std::array<float, 3> mean = imagenet_mean, std = imagenet_std;
@@ -40,15 +40,16 @@ struct StyleRecord {
 /// Applies the style augmentation in place to a planar image in [0, 1]. Draw order from `g`:
 ///   u < jitter_p ? then the order of the four ops (Fisher-Yates, 3 integers) and the factors
 ///   brightness U(max(0, 1 - b), 1 + b), contrast likewise, saturation likewise, hue U(-h, h);
-///   u < grayscale_p ?; u < blur_branch_p ? (A: u < blur_p_a ? sigma U) : (B: u < blur_p_b ? sigma U;
-///   u < solarize_p ?). A jitter range of 0 leaves that op out, as torchvision does.
+///   u < grayscale_p ?; u < blur_branch_p ? (A: u < blur_p_a ? sigma U) : (B: u < blur_p_b ? sigma
+///   U; u < solarize_p ?). A jitter range of 0 leaves that op out, as torchvision does.
 class StyleAugment {
  public:
   StyleRecord operator()(PlanarView v, const StyleParams& p, Generator& g) {
     StyleRecord rec;
     if (g.uniform() < p.jitter_p) {
       rec.jitter = true;
-      for (int i = 3; i > 0; --i) std::swap(rec.order[std::size_t(i)], rec.order[g.uniform_int(std::uint32_t(i + 1))]);
+      for (int i = 3; i > 0; --i)
+        std::swap(rec.order[std::size_t(i)], rec.order[g.uniform_int(std::uint32_t(i + 1))]);
       rec.brightness = factor(p.brightness, g);
       rec.contrast = factor(p.contrast, g);
       rec.saturation = factor(p.saturation, g);
