@@ -47,6 +47,16 @@ struct node {
 
   /// grad += g (g: tensor or expression broadcastable to value's shape; summed over broadcast
   /// axes). The first accumulation writes instead of adding.
+  /// grad += g for a freshly computed tensor of the value's shape: the first accumulation takes
+  /// it over instead of copying.
+  void accumulate(Tensor<T, D>&& g) {
+    if (!grad.defined() && g.shape() == value.shape() && g.is_contiguous() &&
+        g.storage().use_count() == 1) {
+      grad = std::move(g);
+      return;
+    }
+    accumulate(static_cast<const Tensor<T, D>&>(g));
+  }
   template <class G>
   void accumulate(const G& g) {
     const auto e = as_expr(g);

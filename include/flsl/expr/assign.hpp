@@ -31,7 +31,9 @@ inline std::pair<const char*, const char*> byte_range(const void* p, std::size_t
 /// (then evaluating in place would read already-overwritten values).
 template <class T, class E>
 bool reads_overwritten(const Tensor<T, cpu>& out, E e) {
-  const auto [olo, ohi] = byte_range(out.data(), sizeof(T), out.shape(), out.strides());
+  const auto out_range = byte_range(out.data(), sizeof(T), out.shape(), out.strides());
+  const char* const olo = out_range.first;
+  const char* const ohi = out_range.second;
   const Shape out_b = out.strides();
   bool hazard = false;
   e.bind(out.shape());
