@@ -4,7 +4,7 @@
 // q k^T and P v); its backward is twice that. Attention alone: forward 4 B N^2 D, backward 8 B N^2 D
 // (P is recomputed: +2 B N^2 D counted as work actually done).
 #include <benchmark/benchmark.h>
-#include <tbb/global_control.h>
+#include <tbb/task_arena.h>
 
 #include <flsl/flsl.hpp>
 
@@ -15,7 +15,9 @@ constexpr index_t B = 64, N = 196, Dm = 384, H = 6;
 using block_t = nn::block<Dm, H, 4 * Dm>;
 
 void BM_vit_small_block_fwd_bwd(benchmark::State& st) {
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, std::size_t(st.range(0)));
+  // An arena (not global_control) so that max_concurrency(), which matmul splits by, agrees.
+  tbb::task_arena arena(int(st.range(0)));
+  arena.execute([&] {
   nn::init_stream init{1, 0};
   typename block_t::module<float, cpu> blk(init);
   auto x = Var<float>(Tensor<float>::randn({B, N, Dm}, 2), true);
@@ -30,11 +32,14 @@ void BM_vit_small_block_fwd_bwd(benchmark::State& st) {
   const double fwd = double(B * N) * (24.0 * Dm * Dm + 4.0 * N * Dm);
   st.counters["GFLOP/s"] = benchmark::Counter(3 * fwd * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   st.counters["tokens/s"] = benchmark::Counter(double(B * N), benchmark::Counter::kIsIterationInvariantRate);
+  });
 }
 BENCHMARK(BM_vit_small_block_fwd_bwd)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 void BM_attention_fwd_bwd(benchmark::State& st) {
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, std::size_t(st.range(0)));
+  // An arena (not global_control) so that max_concurrency(), which matmul splits by, agrees.
+  tbb::task_arena arena(int(st.range(0)));
+  arena.execute([&] {
   auto qkv = Var<float>(Tensor<float>::randn({B, N, 3 * Dm}, 4), true);
   const auto seed = Tensor<float>::randn({B, N, Dm}, 5);
   for (auto _ : st) {
@@ -45,17 +50,21 @@ void BM_attention_fwd_bwd(benchmark::State& st) {
   }
   const double flops = 4.0 * B * N * N * Dm + 10.0 * B * N * N * Dm;
   st.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  });
 }
 BENCHMARK(BM_attention_fwd_bwd)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(2.0)->UseRealTime();
 
 void BM_attention_fwd(benchmark::State& st) {
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, std::size_t(st.range(0)));
+  // An arena (not global_control) so that max_concurrency(), which matmul splits by, agrees.
+  tbb::task_arena arena(int(st.range(0)));
+  arena.execute([&] {
   auto qkv = Var<float>(Tensor<float>::randn({B, N, 3 * Dm}, 4), false);
   for (auto _ : st) {
     Var<float> o = multi_head_attention(qkv, int(H));
     benchmark::DoNotOptimize(o.value().data());
   }
   st.counters["GFLOP/s"] = benchmark::Counter(4.0 * B * N * N * Dm * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  });
 }
 BENCHMARK(BM_attention_fwd)->Arg(2)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 }  // namespace

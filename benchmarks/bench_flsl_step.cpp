@@ -2,7 +2,7 @@
 // and student global views, 2 local views of 96 px, out_dim 4096, on random data. Reports
 // images_per_s; benchmarks/run_bench_flsl_step.sh runs the PyTorch anchor in the same invocation.
 #include <benchmark/benchmark.h>
-#include <tbb/global_control.h>
+#include <tbb/task_arena.h>
 
 #include <flsl/data/query_tokens.hpp>
 #include <flsl/flsl.hpp>
@@ -26,7 +26,9 @@ Tensor<std::int64_t> top_left_queries(index_t rows, int grid, int window) {
 
 template <class Cfg>
 void run_step(benchmark::State& st, index_t batch) {
-  tbb::global_control threads(tbb::global_control::max_allowed_parallelism, std::size_t(st.range(0)));
+  // An arena (not global_control) so that max_concurrency(), which matmul splits by, agrees.
+  tbb::task_arena arena(int(st.range(0)));
+  arena.execute([&] {
   flsl_net<Cfg> student(1), teacher(1);
   optim::recipe r;
   r.epochs = 100;
@@ -48,6 +50,7 @@ void run_step(benchmark::State& st, index_t batch) {
     benchmark::DoNotOptimize(res.total);
   }
   st.counters["images_per_s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+  });
 }
 
 void BM_flsl_step_vit_tiny16_b8(benchmark::State& st) { run_step<nn::vit_tiny<16>>(st, 8); }

@@ -133,6 +133,14 @@ TEST_CASE("out = a * b + c * d allocates nothing beyond out") {
   CHECK(storage_stats::allocations().load() == before + 1);
 }
 
+TEST_CASE("an expression stored with auto keeps a temporary tensor's memory alive") {
+  auto e = Tensor<double>::full({1000}, 2.0) + 1.0;  // the tensor is a temporary
+  auto filler = Tensor<double>::full({1000}, -7.0);  // would reuse a freed block
+  Tensor<double> v = e;
+  CHECK(v(999) == 3.0);
+  CHECK(filler(0) == -7.0);
+}
+
 TEST_CASE("mismatched shapes throw naming the op and both shapes") {
   auto a = Tensor<float>::zeros({2, 3}), b = Tensor<float>::zeros({4, 3});
   CHECK_THROWS_WITH_AS(Tensor<float>(a + b),

@@ -9,7 +9,7 @@
 namespace flsl {
 
 /// A tensor view inside an expression: a pointer plus strides, broadcast to the expression's shape
-/// when bound. Trivially copyable so that a whole expression can be passed to a GPU kernel.
+/// when bound. Its pointer and strides are what an evaluator reads; `keep` owns the memory.
 template <class T, class Device>
 struct leaf_expr : expr_base {
   using value_type = compute_t<T>;
@@ -20,10 +20,14 @@ struct leaf_expr : expr_base {
   Shape shape_;
   Shape strides;
   const T* row = nullptr;  // element [row, 0] during evaluation
+  // Keeps the memory alive, so that an expression stored with `auto` over a temporary tensor
+  // (`auto e = Tensor<float>::randn(s, 0) + 1.0f;`) stays valid. A device evaluator copies the
+  // plain fields above, not this.
+  std::shared_ptr<const void> keep;
 
   leaf_expr() = default;
   explicit leaf_expr(const Tensor<T, Device>& t)
-      : ptr(t.data()), shape_(t.shape()), strides(t.strides()), row(t.data()) {}
+      : ptr(t.data()), shape_(t.shape()), strides(t.strides()), row(t.data()), keep(t.storage()) {}
 
   const Shape& shape() const { return shape_; }
   /// Rebinds the strides to the iteration shape (broadcasting).

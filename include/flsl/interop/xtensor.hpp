@@ -18,6 +18,7 @@
 #include <xtensor/xarray.hpp>
 #include <xtensor/xexpression.hpp>
 #include <xtensor/xnoalias.hpp>
+#include <xtensor/xstrided_view.hpp>
 
 #include "../core/tensor.hpp"
 #include "../expr/assign.hpp"
@@ -26,25 +27,30 @@ namespace flsl {
 
 // ---- tensors as xtensor expressions ---------------------------------------------------------
 
-/// Views the memory of `t` as an xtensor container (an `xt::xarray_adaptor` with dynamic layout)
-/// without copying. Shape and strides are the tensor's, so non-contiguous views (slices,
-/// transposes, expands) read and write exactly the tensor's elements: writing through the result
-/// writes the tensor. The adaptor does not own the memory: keep a handle to `t` (or to a tensor
-/// sharing its storage) alive while the adaptor is used. Resizing the adaptor is not allowed.
+/// Views the memory of `t` as an xtensor expression without copying: an `xt::xstrided_view` with
+/// the tensor's shape and strides over a flat, non-owning `xt::adapt` of the elements they reach.
+/// Non-contiguous views (slices, transposes, expands) therefore read and write exactly the
+/// tensor's elements, and writing through the result (`=`, `+=`, element access) writes the
+/// tensor. A contiguous tensor is marked row-major, so xtensor takes its linear fast paths.
+///
+/// (A strided `xt::xarray_adaptor` is not used: its `=` and `+=` copy a row-major temporary over
+/// the buffer linearly and adopt the temporary's strides, which is wrong for a strided view.)
+///
+/// The result does not own the memory: keep a handle to `t` (or to a tensor sharing its storage)
+/// alive while it is used. It cannot be resized.
 template <class T>
 auto as_xtensor(const Tensor<T, cpu>& t) {
   FLSL_CHECK(t.defined(), "as_xtensor: the tensor is undefined");
-  std::vector<std::size_t> shape(std::size_t(t.rank()));
-  std::vector<std::ptrdiff_t> strides(std::size_t(t.rank()));
+  std::vector<std::size_t> shape(t.shape().begin(), t.shape().end());
+  std::vector<std::ptrdiff_t> strides(t.strides().begin(), t.strides().end());
   std::size_t reach = t.numel() == 0 ? 0 : 1;  // elements from data() to the last one, inclusive
-  for (int d = 0; d < t.rank(); ++d) {
-    const auto i = std::size_t(d);
-    shape[i] = std::size_t(t.size(d));
-    // xtensor's convention: extent-1 axes have stride 0 (its broadcasting relies on it).
-    strides[i] = t.size(d) == 1 ? 0 : std::ptrdiff_t(t.stride(d));
-    if (t.numel() > 0) reach += std::size_t((t.size(d) - 1) * t.stride(d));
+  for (std::size_t d = 0; d < shape.size(); ++d) {
+    if (t.numel() > 0) reach += (shape[d] - 1) * std::size_t(strides[d]);
+    if (shape[d] == 1) strides[d] = 0;  // xtensor's convention; its broadcasting relies on it
   }
-  return xt::adapt(t.data(), reach, xt::no_ownership(), std::move(shape), std::move(strides));
+  auto flat = xt::adapt(t.data(), reach, xt::no_ownership(), std::vector<std::size_t>{reach});
+  const auto layout = t.is_contiguous() ? xt::layout_type::row_major : xt::layout_type::dynamic;
+  return xt::strided_view(std::move(flat), std::move(shape), std::move(strides), 0, layout);
 }
 
 /// The type `as_xtensor` returns for a `Tensor<T, cpu>`.
@@ -81,13 +87,20 @@ namespace detail {
 /// The NumPy type string (little-endian) of an element type; bf16 has none.
 template <class T>
 constexpr std::string_view npy_descr() {
-  if constexpr (std::is_same_v<T, float>) return "<f4";
-  else if constexpr (std::is_same_v<T, double>) return "<f8";
-  else if constexpr (std::is_same_v<T, std::int32_t>) return "<i4";
-  else if constexpr (std::is_same_v<T, std::int64_t>) return "<i8";
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return "|u1";
-  else if constexpr (std::is_same_v<T, bool>) return "|b1";
-  else return "";
+  if constexpr (std::is_same_v<T, float>)
+    return "<f4";
+  else if constexpr (std::is_same_v<T, double>)
+    return "<f8";
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return "<i4";
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return "<i8";
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return "|u1";
+  else if constexpr (std::is_same_v<T, bool>)
+    return "|b1";
+  else
+    return "";
 }
 
 /// The flsl dtype name for a NumPy type string (byte order ignored), or the string itself.
@@ -99,7 +112,16 @@ inline std::string npy_dtype_name(std::string_view descr) {
   if (kind == "i8") return "i64";
   if (kind == "u1") return "u8";
   if (kind == "b1") return "bool";
-  return "'" + std::string(descr) + "' (no flsl dtype)";
+  return detail::concat("'", descr, "' (no flsl dtype)");
+}
+
+/// The path in quotes, as error messages show it. (Built with append: GCC 12 warns falsely,
+/// -Wrestrict, on `"'" + std::string`.)
+inline std::string quoted(const std::filesystem::path& path) {
+  std::string q(1, '\'');
+  q += path.string();
+  q += '\'';
+  return q;
 }
 
 struct npy_header {
@@ -231,13 +253,16 @@ inline npy_header read_npy_header(std::FILE* f, const std::string& where) {
 /// numpy.save (1.24) writes it: room for the first extent to grow to 21 digits, then spaces up to a
 /// 64-byte boundary (a full 64 when already aligned), then '\n'.
 inline std::string npy_header_text(std::string_view descr, const Shape& shape) {
-  std::string dict = "{'descr': '" + std::string(descr) + "', 'fortran_order': False, 'shape': (";
+  std::string dict = "{'descr': '";
+  dict += descr;
+  dict += "', 'fortran_order': False, 'shape': (";
   for (int d = 0; d < shape.rank(); ++d) {
     if (d > 0) dict += ", ";
     dict += std::to_string(shape[d]);
   }
   dict += shape.rank() == 1 ? ",), }" : "), }";
-  if (shape.rank() > 0) dict.append(21 - std::min<std::size_t>(21, std::to_string(shape[0]).size()), ' ');
+  if (shape.rank() > 0)
+    dict.append(21 - std::min<std::size_t>(21, std::to_string(shape[0]).size()), ' ');
   const std::size_t unpadded = 10 + dict.size() + 1;  // preamble + dict + '\n'
   dict.append(64 - unpadded % 64, ' ');
   dict += '\n';
@@ -254,7 +279,7 @@ template <class T>
 Tensor<T, cpu> load_npy(const std::filesystem::path& path) {
   static_assert(!detail::npy_descr<T>().empty(),
                 "load_npy: NumPy has no dtype for this element type (bf16: load f32, then .to)");
-  const std::string where = "'" + path.string() + "'";
+  const std::string where = detail::quoted(path);
   detail::file_ptr f(std::fopen(path.c_str(), "rb"));
   if (!f) fail("load_npy: cannot open ", where, ": ", std::strerror(errno));
   const detail::npy_header h = detail::read_npy_header(f.get(), where);
@@ -290,7 +315,8 @@ Tensor<T, cpu> load_npy(const std::filesystem::path& path) {
   auto* bytes = reinterpret_cast<unsigned char*>(t.data());
   if constexpr (sizeof(T) > 1) {
     if (big != (std::endian::native == std::endian::big))
-      for (index_t i = 0; i < numel; ++i) std::reverse(bytes + i * index_t(sizeof(T)), bytes + (i + 1) * index_t(sizeof(T)));
+      for (index_t i = 0; i < numel; ++i)
+        std::reverse(bytes + i * index_t(sizeof(T)), bytes + (i + 1) * index_t(sizeof(T)));
   }
   if constexpr (std::is_same_v<T, bool>) {  // any non-zero byte is true; a bool must hold 0 or 1
     for (index_t i = 0; i < numel; ++i) bytes[i] = bytes[i] != 0;
@@ -308,13 +334,14 @@ void save_npy(const std::filesystem::path& path, const Tensor<T, cpu>& t) {
   static_assert(!detail::npy_descr<T>().empty(),
                 "save_npy: NumPy has no dtype for this element type (bf16: save .to<float>())");
   static_assert(std::endian::native == std::endian::little, "save_npy writes little-endian data");
-  FLSL_CHECK(t.defined(), "save_npy: '", path.string(), "': the tensor is undefined");
-  const std::string where = "'" + path.string() + "'";
+  const std::string where = detail::quoted(path);
+  FLSL_CHECK(t.defined(), "save_npy: ", where, ": the tensor is undefined");
   const Tensor<T, cpu> c = t.contiguous();
   const std::string dict = detail::npy_header_text(detail::npy_descr<T>(), c.shape());
-  const unsigned char preamble[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
-                                      static_cast<unsigned char>(dict.size() & 0xFF),
-                                      static_cast<unsigned char>(dict.size() >> 8)};
+  // magic, version 1.0, header length (2 bytes, little-endian)
+  char preamble[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0};
+  preamble[8] = char(dict.size() & 0xFF);
+  preamble[9] = char(dict.size() >> 8);
   detail::file_ptr f(std::fopen(path.c_str(), "wb"));
   if (!f) fail("save_npy: cannot open ", where, " for writing: ", std::strerror(errno));
   bool ok = std::fwrite(preamble, 1, sizeof preamble, f.get()) == sizeof preamble &&
