@@ -4,14 +4,14 @@
 // The loss is written with ordinary operators on Vars; each elementwise chain becomes one graph
 // node whose backward is derived at compile time. Run: ./custom_graph
 #include <cstdio>
-#include <sstream>
 #include <flsl/flsl.hpp>
+#include <sstream>
 
 using namespace flsl;
 
 // 2 inputs -> 3 classes, two hidden layers of 64 with exact GELU.
-using classifier = nn::sequential<nn::linear<2, 64>, nn::gelu, nn::linear<64, 64>, nn::gelu,
-                                  nn::linear<64, 3>>;
+using classifier =
+    nn::sequential<nn::linear<2, 64>, nn::gelu, nn::linear<64, 64>, nn::gelu, nn::linear<64, 3>>;
 
 // Three interleaved spirals: N points per class, [3N, 2] coordinates and their labels.
 struct spirals {
@@ -52,11 +52,15 @@ int main() {
     std::printf("  %-10s %s\n", name.c_str(), (std::ostringstream() << p.shape()).str().c_str());
 
   // Adam written out with the expression layer: one fused pass per tensor.
-  struct moments { Tensor<float> m, v; };
+  struct moments {
+    Tensor<float> m, v;
+  };
   std::vector<moments> state;
-  net.for_each_parameter([&](const std::string&, Var<float>& p) {
-    state.push_back({Tensor<float>::zeros(p.shape()), Tensor<float>::zeros(p.shape())});
-  }, "");
+  net.for_each_parameter(
+      [&](const std::string&, Var<float>& p) {
+        state.push_back({Tensor<float>::zeros(p.shape()), Tensor<float>::zeros(p.shape())});
+      },
+      "");
 
   const float lr = 1e-2f;
   for (int step = 1; step <= 300; ++step) {
@@ -64,18 +68,21 @@ int main() {
     loss.backward();
     std::size_t i = 0;
     const float bc1 = 1 - std::pow(0.9f, float(step)), bc2 = 1 - std::pow(0.999f, float(step));
-    net.for_each_parameter([&](const std::string&, Var<float>& p) {
-      auto& [m, v] = state[i++];
-      m = 0.9f * m + 0.1f * p.grad();
-      v = 0.999f * v + 0.001f * square(p.grad());
-      p.value().assign(p.value() - lr * (m / bc1) / (sqrt(v / bc2) + 1e-8f));
-      p.zero_grad();
-    }, "");
+    net.for_each_parameter(
+        [&](const std::string&, Var<float>& p) {
+          auto& [m, v] = state[i++];
+          m = 0.9f * m + 0.1f * p.grad();
+          v = 0.999f * v + 0.001f * square(p.grad());
+          p.value().assign(p.value() - lr * (m / bc1) / (sqrt(v / bc2) + 1e-8f));
+          p.zero_grad();
+        },
+        "");
     if (step % 50 == 0 || step == 1) {
       no_grad ng;
       auto pred = argmax(net(Var<float>(data.x)).value(), -1);
       int right = 0;
-      for (std::size_t k = 0; k < data.label.size(); ++k) right += pred(index_t(k)) == data.label[k];
+      for (std::size_t k = 0; k < data.label.size(); ++k)
+        right += pred(index_t(k)) == data.label[k];
       std::printf("step %3d  loss %.4f  accuracy %.1f%%\n", step, double(loss.value().item()),
                   100.0 * right / double(data.label.size()));
     }

@@ -2,8 +2,8 @@
 // images: each "image" is a few coloured squares on noise; the views are crops of it, and the
 // objective makes the patch tokens of the same square agree across views. Run: ./minimal_flsl
 #include <cstdio>
-#include <flsl/flsl.hpp>
 #include <flsl/data/query_tokens.hpp>
+#include <flsl/flsl.hpp>
 #include <flsl/train/flsl_step.hpp>
 
 using namespace flsl;
@@ -19,7 +19,8 @@ Tensor<float> synthetic_images(index_t B, index_t S, Generator& g) {
   for (index_t b = 0; b < B; ++b)
     for (int k = 0; k < 3; ++k) {
       const index_t w = S / 4 + index_t(g.uniform_int(std::uint32_t(S / 4)));
-      const index_t y0 = index_t(g.uniform_int(std::uint32_t(S - w))), x0 = index_t(g.uniform_int(std::uint32_t(S - w)));
+      const index_t y0 = index_t(g.uniform_int(std::uint32_t(S - w))),
+                    x0 = index_t(g.uniform_int(std::uint32_t(S - w)));
       for (index_t c = 0; c < 3; ++c) {
         const float v = float(g.uniform(-1.5, 1.5));
         img.select(0, b).select(0, c).narrow(0, y0, w).narrow(1, x0, w).fill(v);
@@ -42,12 +43,14 @@ flsl_views<float> make_views(const Tensor<float>& images, Generator& g) {
   v.local = Tensor<float>::empty({B * 2, 3, S / 2, S / 2});
   for (index_t b = 0; b < B; ++b)
     for (index_t l = 0; l < 2; ++l)
-      v.local.select(0, b * 2 + l).copy_from(images.select(0, b).narrow(1, l * S / 2, S / 2).narrow(2, l * S / 4, S / 2));
+      v.local.select(0, b * 2 + l)
+          .copy_from(images.select(0, b).narrow(1, l * S / 2, S / 2).narrow(2, l * S / 4, S / 2));
   auto queries = [&](index_t rows, int grid) {
     const int q = data::query_token_count(grid, 2);
     auto t = Tensor<std::int64_t>::empty({rows, q});
     for (index_t r = 0; r < rows; ++r)
-      data::sample_query_tokens(grid, 2, true, g, std::span<std::int64_t>(t.data() + r * q, std::size_t(q)));
+      data::sample_query_tokens(grid, 2, true, g,
+                                std::span<std::int64_t>(t.data() + r * q, std::size_t(q)));
     return t;
   };
   v.query_global = queries(B, int(S / 8));
@@ -72,9 +75,10 @@ int main() {
     const auto views = make_views(synthetic_images(16, 32, data_rng), data_rng);
     const auto r = learner.step(views);
     if (it % 10 == 0 || it + 1 == recipe.epochs * recipe.iters_per_epoch)
-      std::printf("iter %3lld  epoch %lld  loss %.4f  (ms %.4f  km %.4f  vmr %.4f)  lr %.2e  tau_t %.3f\n",
-                  (long long)it, (long long)r.schedule.epoch, r.total, r.ms, r.km, r.vmr,
-                  r.schedule.lr, r.schedule.teacher_temp);
+      std::printf(
+          "iter %3lld  epoch %lld  loss %.4f  (ms %.4f  km %.4f  vmr %.4f)  lr %.2e  tau_t %.3f\n",
+          (long long)it, (long long)r.schedule.epoch, r.total, r.ms, r.km, r.vmr, r.schedule.lr,
+          r.schedule.teacher_temp);
   }
   std::printf("parameters: %lld\n", (long long)nn::parameter_count(student));
   return 0;

@@ -1,6 +1,11 @@
 // flsl: everything a program needs, in one include.
 #pragma once
 
+#include "autograd/elementwise.hpp"
+#include "autograd/gradcheck.hpp"
+#include "autograd/ops.hpp"
+#include "autograd/var.hpp"
+#include "backend/cpu/gemm.hpp"
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/dtype.hpp"
@@ -13,11 +18,6 @@
 #include "expr/node.hpp"
 #include "expr/ops.hpp"
 #include "expr/reduce.hpp"
-#include "backend/cpu/gemm.hpp"
 #include "interop/xtensor.hpp"
-#include "autograd/var.hpp"
-#include "autograd/elementwise.hpp"
-#include "autograd/gradcheck.hpp"
-#include "autograd/ops.hpp"
 #include "nn.hpp"
 #include "objective/flsl_loss.hpp"

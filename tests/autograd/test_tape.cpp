@@ -30,10 +30,10 @@ TEST_CASE("an elementwise chain is one graph node") {
 
 TEST_CASE("shared subexpressions: gradients through two paths add up") {
   auto x = leaf({2.0});
-  Var<double> h = x * 3.0;   // one node used twice below
-  Var<double> u = h * h;     // 9x^2
-  Var<double> v = h + 1.0;   // 3x + 1
-  Var<double> z = u + v;  // dz/dx = 18x + 3 = 39
+  Var<double> h = x * 3.0;  // one node used twice below
+  Var<double> u = h * h;    // 9x^2
+  Var<double> v = h + 1.0;  // 3x + 1
+  Var<double> z = u + v;    // dz/dx = 18x + 3 = 39
   z.backward();
   CHECK(x.grad().item() == doctest::Approx(39.0));
 }
@@ -95,7 +95,8 @@ TEST_CASE("backward needs a scalar or a seed of the right shape") {
   CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("one-element value, got shape [2]"),
                        flsl::error);
   CHECK_THROWS_WITH_AS(y.backward(Tensor<double>::ones({3})),
-                       doctest::Contains("seed of shape [3] for a value of shape [2]"), flsl::error);
+                       doctest::Contains("seed of shape [3] for a value of shape [2]"),
+                       flsl::error);
 }
 
 TEST_CASE("broadcast inputs receive gradients summed over the broadcast axes") {

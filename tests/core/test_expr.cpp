@@ -18,7 +18,8 @@ std::vector<double> naive_binary(const Tensor<double>& a, const Tensor<double>& 
   for (std::size_t i = 0; i < va.size(); ++i) out[i] = f(va[i], vb[i]);
   return out;
 }
-void check_close(const std::vector<double>& got, const std::vector<double>& want, double tol = 1e-14) {
+void check_close(const std::vector<double>& got, const std::vector<double>& want,
+                 double tol = 1e-14) {
   REQUIRE(got.size() == want.size());
   for (std::size_t i = 0; i < got.size(); ++i) {
     if (std::isnan(want[i])) {
@@ -32,9 +33,9 @@ void check_close(const std::vector<double>& got, const std::vector<double>& want
 
 TEST_CASE("binary ops with broadcasting match a naive loop") {
   const std::vector<std::pair<Shape, Shape>> cases = {
-      {{4, 5}, {4, 5}}, {{4, 5}, {5}},    {{4, 1}, {1, 5}}, {{3, 1, 5}, {4, 1}},
-      {{}, {2, 3}},     {{2, 3}, {}},     {{1}, {7}},       {{2, 0, 3}, {3}},
-      {{2, 3, 4, 5, 6}, {3, 1, 5, 1}}};
+      {{4, 5}, {4, 5}},    {{4, 5}, {5}},    {{4, 1}, {1, 5}},
+      {{3, 1, 5}, {4, 1}}, {{}, {2, 3}},     {{2, 3}, {}},
+      {{1}, {7}},          {{2, 0, 3}, {3}}, {{2, 3, 4, 5, 6}, {3, 1, 5, 1}}};
   for (auto [sa, sb] : cases) {
     CAPTURE(sa);
     CAPTURE(sb);
@@ -66,7 +67,8 @@ TEST_CASE("unary ops match std:: math") {
   auto v = x.to_vector();
   auto check = [&](const Tensor<double>& got, double (*f)(double)) {
     auto g = got.to_vector();
-    for (std::size_t i = 0; i < v.size(); ++i) CHECK(g[i] == doctest::Approx(f(v[i])).epsilon(1e-14));
+    for (std::size_t i = 0; i < v.size(); ++i)
+      CHECK(g[i] == doctest::Approx(f(v[i])).epsilon(1e-14));
   };
   check(-x, [](double a) { return -a; });
   check(abs(-x), [](double a) { return a; });
@@ -147,12 +149,17 @@ TEST_CASE("mismatched shapes throw naming the op and both shapes") {
                        doctest::Contains("add: shapes [2, 3] and [4, 3] do not broadcast"),
                        flsl::error);
   auto out = Tensor<float>::zeros({3});
-  CHECK_THROWS_WITH_AS(out.assign(a), doctest::Contains("assign: expression of shape [2, 3] does not broadcast to the destination shape [3]"),
-                       flsl::error);
+  CHECK_THROWS_WITH_AS(
+      out.assign(a),
+      doctest::Contains(
+          "assign: expression of shape [2, 3] does not broadcast to the destination shape [3]"),
+      flsl::error);
   auto out2 = Tensor<float>::zeros({1, 3});
-  CHECK_THROWS_WITH_AS(out2.assign(a),
-                       doctest::Contains("expression of shape [2, 3] does not broadcast to the destination shape [1, 3]"),
-                       flsl::error);
+  CHECK_THROWS_WITH_AS(
+      out2.assign(a),
+      doctest::Contains(
+          "expression of shape [2, 3] does not broadcast to the destination shape [1, 3]"),
+      flsl::error);
 }
 
 TEST_CASE("bf16 tensors compute in float and round on store") {

@@ -10,7 +10,8 @@ namespace {
 Tensor<double> naive(const Tensor<double>& a, const Tensor<double>& b) {
   const index_t M = a.size(-2), K = a.size(-1), N = b.size(-1);
   const bool batched = a.rank() == 3 || b.rank() == 3;
-  const index_t B = batched ? std::max(a.rank() == 3 ? a.size(0) : 1, b.rank() == 3 ? b.size(0) : 1) : 1;
+  const index_t B =
+      batched ? std::max(a.rank() == 3 ? a.size(0) : 1, b.rank() == 3 ? b.size(0) : 1) : 1;
   auto c = batched ? Tensor<double>::zeros({B, M, N}) : Tensor<double>::zeros({M, N});
   for (index_t q = 0; q < B; ++q) {
     auto aq = a.rank() == 3 ? a.select(0, a.size(0) == 1 ? 0 : q) : a;
@@ -30,7 +31,8 @@ void check_close(const Tensor<T>& got, const Tensor<double>& want, double tol) {
   REQUIRE(got.shape() == want.shape());
   auto g = got.template to<double>().to_vector();
   auto w = want.to_vector();
-  for (std::size_t i = 0; i < g.size(); ++i) CHECK(g[i] == doctest::Approx(w[i]).epsilon(tol).scale(1));
+  for (std::size_t i = 0; i < g.size(); ++i)
+    CHECK(g[i] == doctest::Approx(w[i]).epsilon(tol).scale(1));
 }
 }  // namespace
 
@@ -94,19 +96,21 @@ TEST_CASE("large f32 products split over threads match f64") {
 }
 
 TEST_CASE("bf16 matmul computes in f32") {
-  auto a = Tensor<float>::randn({8, 16}, 16).to<bf16>(), b = Tensor<float>::randn({16, 4}, 17).to<bf16>();
+  auto a = Tensor<float>::randn({8, 16}, 16).to<bf16>(),
+       b = Tensor<float>::randn({16, 4}, 17).to<bf16>();
   auto want = naive(a.to<double>(), b.to<double>());
   check_close(matmul(a, b), want, 1e-2);
 }
 
 TEST_CASE("matmul shape errors name the operation and both shapes") {
   auto a = Tensor<float>::zeros({3, 4}), b = Tensor<float>::zeros({5, 6});
-  CHECK_THROWS_WITH_AS(matmul(a, b), doctest::Contains("matmul: inner dimensions differ: [3, 4] @ [5, 6]"),
+  CHECK_THROWS_WITH_AS(matmul(a, b),
+                       doctest::Contains("matmul: inner dimensions differ: [3, 4] @ [5, 6]"),
                        flsl::error);
   auto c = Tensor<float>::zeros({3, 3});
-  CHECK_THROWS_WITH_AS(matmul_into(c, a, Tensor<float>::zeros({4, 6})),
-                       doctest::Contains("matmul: output shape [3, 3] but [3, 4] @ [4, 6] is [3, 6]"),
-                       flsl::error);
+  CHECK_THROWS_WITH_AS(
+      matmul_into(c, a, Tensor<float>::zeros({4, 6})),
+      doctest::Contains("matmul: output shape [3, 3] but [3, 4] @ [4, 6] is [3, 6]"), flsl::error);
   CHECK_THROWS_WITH_AS(matmul(Tensor<float>::zeros({2, 3, 4}), Tensor<float>::zeros({3, 4, 5})),
                        doctest::Contains("batch sizes differ"), flsl::error);
   auto z = Tensor<float>::zeros({3, 0});

@@ -140,8 +140,8 @@ TEST_CASE("bf16 round trips: exact for bf16 values, nearest-even otherwise, NaN 
 
 TEST_CASE("element access and shape errors name the operation and shapes") {
   auto t = Tensor<float>::zeros({2, 3});
-  CHECK_THROWS_WITH_AS(t(2, 0), doctest::Contains("index 2 out of range for axis 0 of shape [2, 3]"),
-                       flsl::error);
+  CHECK_THROWS_WITH_AS(
+      t(2, 0), doctest::Contains("index 2 out of range for axis 0 of shape [2, 3]"), flsl::error);
   CHECK_THROWS_WITH_AS(t.narrow(1, 2, 2), doctest::Contains("narrow: [2, 4) out of range"),
                        flsl::error);
   CHECK_THROWS_WITH_AS(t.permute({0, 0}), doctest::Contains("permute: axis 0 repeated"),

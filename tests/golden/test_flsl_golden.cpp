@@ -10,8 +10,8 @@ using namespace flsl;
 
 namespace {
 using tiny_cfg = nn::vit_config<32, 2, 2, 8, 4, 48>;
-using tiny_net = nn::backbone_with_head<nn::vision_transformer<tiny_cfg>,
-                                        nn::projection_head<32, 64, 64, 32>>;
+using tiny_net =
+    nn::backbone_with_head<nn::vision_transformer<tiny_cfg>, nn::projection_head<32, 64, 64, 32>>;
 
 const io::safetensors_file& fixture() {
   static const io::safetensors_file f(std::string(FLSL_FIXTURE_DIR) + "/flsl_tiny.safetensors");
@@ -20,7 +20,8 @@ const io::safetensors_file& fixture() {
 
 template <class T>
 void load_init(nn::model<tiny_net, T>& m) {
-  for (auto& [name, p] : nn::named_parameters(m)) p.value().copy_from(fixture().get_as<T>("init." + name));
+  for (auto& [name, p] : nn::named_parameters(m))
+    p.value().copy_from(fixture().get_as<T>("init." + name));
 }
 
 template <class T>
@@ -43,8 +44,14 @@ flsl_drop_paths<T> fixture_drop(index_t k) {
     out->resize(2);
     auto& b1 = (*out)[1];
     b1.rate = 0.1;
-    b1.attn = fixture().get_as<T>(std::string("input.keep.") + view + ".blocks.1.attn").select(0, k).clone();
-    b1.mlp = fixture().get_as<T>(std::string("input.keep.") + view + ".blocks.1.mlp").select(0, k).clone();
+    b1.attn = fixture()
+                  .get_as<T>(std::string("input.keep.") + view + ".blocks.1.attn")
+                  .select(0, k)
+                  .clone();
+    b1.mlp = fixture()
+                 .get_as<T>(std::string("input.keep.") + view + ".blocks.1.mlp")
+                 .select(0, k)
+                 .clone();
   }
   return d;
 }
@@ -86,8 +93,10 @@ bool is_key_bias(const std::string& name) { return name.find("qkv.bias") != std:
 
 TEST_CASE("position tables equal the fixture's sin-cos table and its bicubic resize") {
   nn::model<tiny_net, double> m(0);
-  CHECK(excess(m.backbone.positions(6), fixture().get<double>("const.pos_embed.global"), 1e-15, 0) <= 1);
-  CHECK(excess(m.backbone.positions(4), fixture().get<double>("const.pos_embed.local"), 1e-14, 0) <= 1);
+  CHECK(excess(m.backbone.positions(6), fixture().get<double>("const.pos_embed.global"), 1e-15,
+               0) <= 1);
+  CHECK(excess(m.backbone.positions(4), fixture().get<double>("const.pos_embed.local"), 1e-14, 0) <=
+        1);
 }
 
 TEST_CASE("f64: the first step's loss, intermediates and gradients equal PyTorch's") {
@@ -101,12 +110,17 @@ TEST_CASE("f64: the first step's loss, intermediates and gradients equal PyTorch
   CHECK(std::abs(r.km.value().item() - ref("step1.loss_km")) < 1e-10);
   CHECK(std::abs(r.vmr.value().item() - ref("step1.loss_vmr")) < 1e-10);
   CHECK(excess(r.teacher_tokens, fixture().get<double>("step1.teacher_tokens"), 1e-10, 0) <= 1);
-  CHECK(excess(r.student_global.value(), fixture().get<double>("step1.student_tokens.global"), 1e-10, 0) <= 1);
-  CHECK(excess(r.student_local.value(), fixture().get<double>("step1.student_tokens.local"), 1e-10, 0) <= 1);
+  CHECK(excess(r.student_global.value(), fixture().get<double>("step1.student_tokens.global"),
+               1e-10, 0) <= 1);
+  CHECK(excess(r.student_local.value(), fixture().get<double>("step1.student_tokens.local"), 1e-10,
+               0) <= 1);
   auto zh = r.zhat.value();
-  CHECK(excess(zh.narrow(0, 0, 8), fixture().get<double>("step1.zhat.global").view({8, 32}), 1e-10, 0) <= 1);
-  CHECK(excess(zh.narrow(0, 8, 16), fixture().get<double>("step1.zhat.local").view({16, 32}), 1e-10, 0) <= 1);
-  CHECK(excess(r.zplus.narrow(0, 0, 8), fixture().get<double>("step1.zplus.global").view({8, 32}), 1e-10, 0) <= 1);
+  CHECK(excess(zh.narrow(0, 0, 8), fixture().get<double>("step1.zhat.global").view({8, 32}), 1e-10,
+               0) <= 1);
+  CHECK(excess(zh.narrow(0, 8, 16), fixture().get<double>("step1.zhat.local").view({16, 32}), 1e-10,
+               0) <= 1);
+  CHECK(excess(r.zplus.narrow(0, 0, 8), fixture().get<double>("step1.zplus.global").view({8, 32}),
+               1e-10, 0) <= 1);
   CHECK(excess(r.student_logits.value().narrow(0, 8, 16),
                fixture().get<double>("step1.student_logits.local").view({16, 64}), 1e-10, 0) <= 1);
   CHECK(excess(r.teacher_logits.narrow(0, 0, 8),
@@ -129,8 +143,8 @@ TEST_CASE("f64: two and ten full steps (clip, freeze, AdamW, EMA, schedules) equ
   flsl_learner<nn::model<tiny_net, double>, double> learner(s, t, fixture_recipe(), fixture_loss());
   learner.sync_teacher();
   const auto views = fixture_views<double>();
-  const auto losses = fixture().get<double>("steps10.loss");        // [10, 4]
-  const auto norms = fixture().get<double>("steps10.grad_norm");    // [10, 35]
+  const auto losses = fixture().get<double>("steps10.loss");      // [10, 4]
+  const auto norms = fixture().get<double>("steps10.grad_norm");  // [10, 35]
   const auto sched_lr = fixture().get<double>("schedule.lr");
   auto teacher_stats = [&](const char* key) {
     const auto st = fixture().get<double>(key);  // [35, 4]
@@ -158,7 +172,8 @@ TEST_CASE("f64: two and ten full steps (clip, freeze, AdamW, EMA, schedules) equ
     if (k == 1) {
       for (auto& [name, p] : nn::named_parameters(s)) {
         CAPTURE(name);
-        CHECK(excess(p.value(), fixture().get<double>("step2.param." + name), is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
+        CHECK(excess(p.value(), fixture().get<double>("step2.param." + name),
+                     is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
       }
       teacher_stats("step2.teacher_stats");
       CHECK(learner.optimizer().step_count("head.last_layer.weight_v") == 0);
@@ -167,7 +182,8 @@ TEST_CASE("f64: two and ten full steps (clip, freeze, AdamW, EMA, schedules) equ
   }
   for (auto& [name, p] : nn::named_parameters(s)) {
     CAPTURE(name);
-    CHECK(excess(p.value(), fixture().get<double>("steps10.param." + name), is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
+    CHECK(excess(p.value(), fixture().get<double>("steps10.param." + name),
+                 is_key_bias(name) ? 1e-9 : 1e-10, 0) <= 1);
   }
   teacher_stats("steps10.teacher_stats");
 }
@@ -176,8 +192,10 @@ TEST_CASE("f32: the first step and ten steps' losses track the f64 reference") {
   nn::model<tiny_net, float> s(0), t(0);
   load_init(s);
   auto r = flsl_loss(s, s, fixture_views<float>(), 0.04, fixture_loss(), fixture_drop<float>(0));
-  for (auto [got, key] : {std::pair{r.total, "step1.loss"}, {r.ms, "step1.loss_ms"},
-                          {r.km, "step1.loss_km"}, {r.vmr, "step1.loss_vmr"}}) {
+  for (auto [got, key] : {std::pair{r.total, "step1.loss"},
+                          {r.ms, "step1.loss_ms"},
+                          {r.km, "step1.loss_km"},
+                          {r.vmr, "step1.loss_vmr"}}) {
     CAPTURE(key);
     CHECK(double(got.value().item()) == doctest::Approx(ref(key)).epsilon(1e-5));
   }
@@ -205,7 +223,8 @@ TEST_CASE("f32: the first step and ten steps' losses track the f64 reference") {
       // The key bias's gradient is zero analytically (softmax ignores q.b_k); in f32 its rounding
       // noise is what AdamW normalises, so only the query and value thirds are comparable.
       for (index_t part : {0, 2})
-        CHECK(excess(p.value().narrow(0, 32 * part, 32), want.narrow(0, 32 * part, 32), 1e-5, 1e-4) <= 1);
+        CHECK(excess(p.value().narrow(0, 32 * part, 32), want.narrow(0, 32 * part, 32), 1e-5,
+                     1e-4) <= 1);
     } else {
       CHECK(excess(p.value(), want, 1e-5, 1e-4) <= 1);
     }

@@ -17,7 +17,8 @@ TEST_CASE("sequential applies its layers in order") {
   Tensor<double> h = gelu(matmul(x.value(), l0.weight.value().t()) + l0.bias.value());
   Tensor<double> want = matmul(h, l2.weight.value().t()) + l2.bias.value();
   for (index_t i = 0; i < 5; ++i)
-    for (index_t j = 0; j < 2; ++j) CHECK(y.value()(i, j) == doctest::Approx(want(i, j)).epsilon(1e-14));
+    for (index_t j = 0; j < 2; ++j)
+      CHECK(y.value()(i, j) == doctest::Approx(want(i, j)).epsilon(1e-14));
 }
 
 TEST_CASE("parameters are enumerable by name, in order, like a torch state_dict") {
@@ -83,10 +84,12 @@ TEST_CASE("a small network trains: plain SGD fits a smooth function") {
     Var<float> d = net(Var<float>(xs)) - Var<float>(ys);
     Var<float> sq = d * d;
     sq.backward(Tensor<float>::full(sq.shape(), 2.0f / float(sq.numel())));
-    net.for_each_parameter([](const std::string&, Var<float>& p) {
-      p.value().assign(p.value() - 0.1f * p.grad());
-      p.zero_grad();
-    }, "");
+    net.for_each_parameter(
+        [](const std::string&, Var<float>& p) {
+          p.value().assign(p.value() - 0.1f * p.grad());
+          p.zero_grad();
+        },
+        "");
   }
   const float after = mse();
   CHECK(after < 0.1f * before);

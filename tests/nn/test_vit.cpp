@@ -28,7 +28,8 @@ TEST_CASE("tokens: 196 at 224 px and 36 at 96 px for patch 16; names follow timm
   CHECK(m(Tensor<float>::randn({1, 3, 224, 224}, 1)).shape() == Shape{1, 196, 32});
   CHECK(m(Tensor<float>::randn({2, 3, 96, 96}, 1)).shape() == Shape{2, 36, 32});
   CHECK_THROWS_WITH_AS(m(Tensor<float>::randn({1, 3, 100, 100}, 1)),
-                       doctest::Contains("must be square and divisible by the patch 16"), flsl::error);
+                       doctest::Contains("must be square and divisible by the patch 16"),
+                       flsl::error);
   std::vector<std::string> names;
   for (auto& [n, v] : nn::named_parameters(m)) names.push_back(n);
   CHECK(names.front() == "patch_embed.proj.weight");
@@ -45,11 +46,11 @@ TEST_CASE("stochastic depth grows linearly from 0 to the rate over the blocks") 
 }
 
 TEST_CASE("the sin-cos table follows the spec's formula; resizing to the same grid is exact") {
-  auto t = nn::sincos_table(8, 3);  // q = 2, w = (1, 1/100)
-  CHECK(t(1 * 3 + 2, 0) == doctest::Approx(std::sin(2.0)));            // x = 2, k = 0
-  CHECK(t(1 * 3 + 2, 1) == doctest::Approx(std::sin(2.0 / 100.0)));    // x = 2, k = 1
+  auto t = nn::sincos_table(8, 3);                                   // q = 2, w = (1, 1/100)
+  CHECK(t(1 * 3 + 2, 0) == doctest::Approx(std::sin(2.0)));          // x = 2, k = 0
+  CHECK(t(1 * 3 + 2, 1) == doctest::Approx(std::sin(2.0 / 100.0)));  // x = 2, k = 1
   CHECK(t(1 * 3 + 2, 3) == doctest::Approx(std::cos(2.0 / 100.0)));
-  CHECK(t(1 * 3 + 2, 4) == doctest::Approx(std::sin(1.0)));            // y = 1
+  CHECK(t(1 * 3 + 2, 4) == doctest::Approx(std::sin(1.0)));  // y = 1
   CHECK(t(1 * 3 + 2, 7) == doctest::Approx(std::cos(1.0 / 100.0)));
   auto same = nn::resize_table_bicubic(t, 3, 3);
   CHECK(same.to_vector() == t.to_vector());

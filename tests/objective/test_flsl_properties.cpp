@@ -8,7 +8,9 @@ using namespace flsl;
 
 namespace {
 using cfg = nn::vit_config<16, 1, 2, 8, 4, 32>;
-using net_t = nn::model<nn::backbone_with_head<nn::vision_transformer<cfg>, nn::projection_head<16, 32, 32, 16>>, double>;
+using net_t = nn::model<
+    nn::backbone_with_head<nn::vision_transformer<cfg>, nn::projection_head<16, 32, 32, 16>>,
+    double>;
 
 flsl_views<double> views(std::uint64_t seed) {
   flsl_views<double> v;
@@ -42,8 +44,8 @@ TEST_CASE("L_vmr is 0 for a uniform batch mean and log K for a one-hot one") {
 TEST_CASE("the loss is the weighted sum of its parts; the teacher gets no gradient") {
   net_t s(1), t(1);
   auto r = flsl_loss(s, t, views(10), 0.04, flsl_loss_params{});
-  CHECK(r.total.value().item() ==
-        doctest::Approx(0.03 * r.ms.value().item() + r.km.value().item() + 5.0 * r.vmr.value().item()));
+  CHECK(r.total.value().item() == doctest::Approx(0.03 * r.ms.value().item() + r.km.value().item() +
+                                                  5.0 * r.vmr.value().item()));
   CHECK(r.ms.value().item() >= 0);
   CHECK(r.ms.value().item() <= 4);
   r.total.backward();
@@ -86,8 +88,8 @@ TEST_CASE("a non-finite loss stops the step before any weight changes") {
   auto v = views(30);
   v.global(0, 0, 0, 0) = std::nan("");
   const auto before = nn::named_parameters(s)[2].second.value().clone();
-  CHECK_THROWS_WITH_AS(l.step(v), doctest::Contains("flsl step 0 (epoch 0): the loss is not finite"),
-                       flsl::error);
+  CHECK_THROWS_WITH_AS(
+      l.step(v), doctest::Contains("flsl step 0 (epoch 0): the loss is not finite"), flsl::error);
   CHECK(nn::named_parameters(s)[2].second.value().to_vector() == before.to_vector());
   CHECK(l.state().iteration == 0);
 }

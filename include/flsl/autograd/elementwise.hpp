@@ -20,10 +20,14 @@ struct zero_t {};
 
 template <class A, class B>
 auto chain(const A& a, const B& b) {
-  if constexpr (std::is_same_v<A, zero_t> || std::is_same_v<B, zero_t>) return zero_t{};
-  else if constexpr (std::is_same_v<A, one_t>) return b;
-  else if constexpr (std::is_same_v<B, one_t>) return a;
-  else return a * b;
+  if constexpr (std::is_same_v<A, zero_t> || std::is_same_v<B, zero_t>)
+    return zero_t{};
+  else if constexpr (std::is_same_v<A, one_t>)
+    return b;
+  else if constexpr (std::is_same_v<B, one_t>)
+    return a;
+  else
+    return a * b;
 }
 
 /// Partial derivatives of the elementwise functors: d<I>(args...) is d op / d arg_I as a tensor
@@ -38,13 +42,13 @@ auto cst(double v) {
   return scalar_expr<vt<A>>(vt<A>(v));
 }
 
-#define FLSL_D1(OP, EXPR)                   \
-  template <>                               \
-  struct derivative<op::OP> {               \
-    template <int I, class A>               \
+#define FLSL_D1(OP, EXPR)                        \
+  template <>                                    \
+  struct derivative<op::OP> {                    \
+    template <int I, class A>                    \
     static auto d([[maybe_unused]] const A& a) { \
-      return EXPR;                          \
-    }                                       \
+      return EXPR;                               \
+    }                                            \
   };
 FLSL_D1(neg, cst<A>(-1))
 FLSL_D1(abs, cast<vt<A>>(a > cst<A>(0)) - cast<vt<A>>(a < cst<A>(0)))
@@ -73,32 +77,40 @@ template <>
 struct derivative<op::sub> {
   template <int I, class A, class B>
   static auto d(const A&, const B&) {
-    if constexpr (I == 0) return one_t{};
-    else return cst<A>(-1);
+    if constexpr (I == 0)
+      return one_t{};
+    else
+      return cst<A>(-1);
   }
 };
 template <>
 struct derivative<op::mul> {
   template <int I, class A, class B>
   static auto d(const A& a, const B& b) {
-    if constexpr (I == 0) return b;
-    else return a;
+    if constexpr (I == 0)
+      return b;
+    else
+      return a;
   }
 };
 template <>
 struct derivative<op::div> {
   template <int I, class A, class B>
   static auto d(const A& a, const B& b) {
-    if constexpr (I == 0) return cst<A>(1) / b;
-    else return -a / square(b);
+    if constexpr (I == 0)
+      return cst<A>(1) / b;
+    else
+      return -a / square(b);
   }
 };
 template <>
 struct derivative<op::pow> {
   template <int I, class A, class B>
   static auto d(const A& a, const B& b) {
-    if constexpr (I == 0) return b * pow(a, b - cst<A>(1));
-    else return pow(a, b) * log(a);
+    if constexpr (I == 0)
+      return b * pow(a, b - cst<A>(1));
+    else
+      return pow(a, b) * log(a);
   }
 };
 /// min/max: the gradient goes to the selected operand, split evenly on ties (as PyTorch).
@@ -107,8 +119,10 @@ struct extreme_derivative {
   template <int I, class A, class B>
   static auto d(const A& a, const B& b) {
     const auto win = [&] {
-      if constexpr ((I == 0) == Max) return cast<vt<A>>(a > b);
-      else return cast<vt<A>>(a < b);
+      if constexpr ((I == 0) == Max)
+        return cast<vt<A>>(a > b);
+      else
+        return cast<vt<A>>(a < b);
     }();
     return win + cst<A>(0.5) * cast<vt<A>>(a == b);
   }
@@ -121,19 +135,22 @@ template <>
 struct derivative<op::where> {
   template <int I, class C, class A, class B>
   static auto d(const C& c, const A&, const B&) {
-    if constexpr (I == 0) return zero_t{};
-    else if constexpr (I == 1) return cast<vt<A>>(c);
-    else return cast<vt<A>>(!c);
+    if constexpr (I == 0)
+      return zero_t{};
+    else if constexpr (I == 1)
+      return cast<vt<A>>(c);
+    else
+      return cast<vt<A>>(!c);
   }
 };
 /// Comparisons and logic are piecewise constant: zero gradient.
-#define FLSL_DZERO(OP)                          \
-  template <>                                   \
-  struct derivative<op::OP> {                   \
-    template <int I, class... A>                \
-    static auto d(const A&...) {                \
-      return zero_t{};                          \
-    }                                           \
+#define FLSL_DZERO(OP)           \
+  template <>                    \
+  struct derivative<op::OP> {    \
+    template <int I, class... A> \
+    static auto d(const A&...) { \
+      return zero_t{};           \
+    }                            \
   };
 FLSL_DZERO(eq)
 FLSL_DZERO(ne)
@@ -222,8 +239,10 @@ struct var_map : var_expr_base {
     if constexpr (K < Offset + Child::leaves) {
       const auto outer = std::apply(
           [](const auto&... c) { return derivative<Op>::template d<int(I)>(c.texpr()...); }, ch);
-      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(outer)>, zero_t>) return zero_t{};
-      else return chain(outer, std::get<I>(ch).template partial<K - Offset>());
+      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(outer)>, zero_t>)
+        return zero_t{};
+      else
+        return chain(outer, std::get<I>(ch).template partial<K - Offset>());
     } else {
       return partial_in<K, I + 1, Offset + Child::leaves>();
     }
@@ -238,9 +257,12 @@ struct var_map : var_expr_base {
     if (!in->requires_grad) return;
     const auto p = partial<K>();
     using P = std::remove_cvref_t<decltype(p)>;
-    if constexpr (std::is_same_v<P, zero_t>) return;
-    else if constexpr (std::is_same_v<P, one_t>) in->accumulate(out.grad);
-    else in->accumulate(out.grad * p);
+    if constexpr (std::is_same_v<P, zero_t>)
+      return;
+    else if constexpr (std::is_same_v<P, one_t>)
+      in->accumulate(out.grad);
+    else
+      in->accumulate(out.grad * p);
   }
 };
 
@@ -248,17 +270,15 @@ struct var_map : var_expr_base {
 
 template <class X>
 concept var_like = detail::is_var<std::remove_cvref_t<X>>::value ||
-                   std::is_base_of_v<autograd::var_expr_base, std::remove_cvref_t<X>>;
+    std::is_base_of_v<autograd::var_expr_base, std::remove_cvref_t<X>>;
 
 template <class T, class D>
 autograd::var_leaf<T, D> as_var_expr(const Var<T, D>& v) {
   return autograd::var_leaf<T, D>(v);
 }
 template <class E>
-  requires std::is_base_of_v<autograd::var_expr_base, E>
-const E& as_var_expr(const E& e) {
-  return e;
-}
+requires std::is_base_of_v<autograd::var_expr_base, E>
+const E& as_var_expr(const E& e) { return e; }
 
 namespace detail {
 template <class X>
@@ -270,22 +290,21 @@ auto var_scalar_for(S s) {
 }
 }  // namespace detail
 
-#define FLSL_VAR_BINARY(FN, OP)                                                               \
-  template <var_like A, var_like B>                                                          \
-  auto FN(const A& a, const B& b) {                                                          \
-    return autograd::var_map<op::OP, detail::vnode_t<A>, detail::vnode_t<B>>(as_var_expr(a),  \
-                                                                               as_var_expr(b)); \
-  }                                                                                          \
-  template <var_like A, scalar_like S>                                                       \
-  auto FN(const A& a, S s) {                                                                 \
-    return autograd::var_map<op::OP, detail::vnode_t<A>,                                     \
-                             decltype(detail::var_scalar_for<A>(s))>(                        \
-        as_var_expr(a), detail::var_scalar_for<A>(s));                                       \
-  }                                                                                          \
-  template <scalar_like S, var_like B>                                                       \
-  auto FN(S s, const B& b) {                                                                 \
-    return autograd::var_map<op::OP, decltype(detail::var_scalar_for<B>(s)),                 \
-                             detail::vnode_t<B>>(detail::var_scalar_for<B>(s), as_var_expr(b)); \
+#define FLSL_VAR_BINARY(FN, OP)                                                                   \
+  template <var_like A, var_like B>                                                               \
+  auto FN(const A& a, const B& b) {                                                               \
+    return autograd::var_map<op::OP, detail::vnode_t<A>, detail::vnode_t<B>>(as_var_expr(a),      \
+                                                                             as_var_expr(b));     \
+  }                                                                                               \
+  template <var_like A, scalar_like S>                                                            \
+  auto FN(const A& a, S s) {                                                                      \
+    return autograd::var_map<op::OP, detail::vnode_t<A>, decltype(detail::var_scalar_for<A>(s))>( \
+        as_var_expr(a), detail::var_scalar_for<A>(s));                                            \
+  }                                                                                               \
+  template <scalar_like S, var_like B>                                                            \
+  auto FN(S s, const B& b) {                                                                      \
+    return autograd::var_map<op::OP, decltype(detail::var_scalar_for<B>(s)), detail::vnode_t<B>>( \
+        detail::var_scalar_for<B>(s), as_var_expr(b));                                            \
   }
 FLSL_VAR_BINARY(operator+, add)
 FLSL_VAR_BINARY(operator-, sub)
@@ -300,10 +319,10 @@ FLSL_VAR_BINARY(operator>, gt)
 FLSL_VAR_BINARY(operator>=, ge)
 #undef FLSL_VAR_BINARY
 
-#define FLSL_VAR_UNARY(FN, OP)                                                   \
-  template <var_like A>                                                         \
-  auto FN(const A& a) {                                                         \
-    return autograd::var_map<op::OP, detail::vnode_t<A>>(as_var_expr(a));       \
+#define FLSL_VAR_UNARY(FN, OP)                                            \
+  template <var_like A>                                                   \
+  auto FN(const A& a) {                                                   \
+    return autograd::var_map<op::OP, detail::vnode_t<A>>(as_var_expr(a)); \
   }
 FLSL_VAR_UNARY(operator-, neg)
 FLSL_VAR_UNARY(abs, abs)
@@ -330,14 +349,16 @@ auto where(const C& c, const A& a, const B& b) {
 
 /// Deduces Var<T, D> from a Var expression: `Var y = a * b + 1.0;`
 template <class E>
-  requires std::is_base_of_v<autograd::var_expr_base, E>
-Var(const E&) -> Var<typename E::value_type, typename E::device_type>;
+requires std::is_base_of_v<autograd::var_expr_base, E> Var(const E&)
+->Var<typename E::value_type, typename E::device_type>;
 
 /// Evaluates a Var expression into a Var (one node); a Var passes through.
 template <var_like X>
 auto eval(const X& x) {
-  if constexpr (detail::is_var<std::remove_cvref_t<X>>::value) return x;
-  else return x.template materialize<typename X::value_type, typename X::device_type>();
+  if constexpr (detail::is_var<std::remove_cvref_t<X>>::value)
+    return x;
+  else
+    return x.template materialize<typename X::value_type, typename X::device_type>();
 }
 
 #ifdef FLSL_GRADCHECK_ROWS
@@ -361,16 +382,20 @@ FLSL_GRADCHECK_ROW(elementwise_positive_domain) {
   auto a = random_input({6}, 6), b = random_input({6}, 7);
   a.assign(abs(a) + 0.5);
   b.assign(abs(b) + 0.5);
-  return gradcheck([](auto& in) { return Var(log(in[0]) + sqrt(in[1]) * rsqrt(in[0]) + pow(in[0], in[1])); },
-                   {a, b});
+  return gradcheck(
+      [](auto& in) { return Var(log(in[0]) + sqrt(in[1]) * rsqrt(in[0]) + pow(in[0], in[1])); },
+      {a, b});
 }
 FLSL_GRADCHECK_ROW(elementwise_select) {
   using namespace autograd;
-  auto a = Tensor<double>::from({-1.0, 0.5, 2.0, -3.0}), b = Tensor<double>::from({0.3, -0.7, 1.0, 2.5});
-  return gradcheck([](auto& in) {
-    return Var(where(in[0] > in[1], in[0] * in[1], in[1] - in[0]) + maximum(in[0], in[1]) -
-               minimum(in[0], 0.25));
-  }, {a, b});
+  auto a = Tensor<double>::from({-1.0, 0.5, 2.0, -3.0}),
+       b = Tensor<double>::from({0.3, -0.7, 1.0, 2.5});
+  return gradcheck(
+      [](auto& in) {
+        return Var(where(in[0] > in[1], in[0] * in[1], in[1] - in[0]) + maximum(in[0], in[1]) -
+                   minimum(in[0], 0.25));
+      },
+      {a, b});
 }
 #endif
 

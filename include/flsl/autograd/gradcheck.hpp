@@ -50,8 +50,8 @@ gradcheck_result gradcheck(F&& f, const std::vector<Tensor<double>>& inputs,
   for (std::size_t i = 0; i < inputs.size(); ++i) {
     if (!wrt[i]) continue;
     const Tensor<double>& x = inputs[i];
-    const Tensor<double> g = vars[i].grad().defined() ? vars[i].grad()
-                                                      : Tensor<double>::zeros(x.shape());
+    const Tensor<double> g =
+        vars[i].grad().defined() ? vars[i].grad() : Tensor<double>::zeros(x.shape());
     if (!(g.shape() == x.shape())) {
       res.ok = false;
       rep << "input " << i << ": gradient shape " << g.shape() << " != " << x.shape() << "\n";
@@ -95,8 +95,7 @@ gradcheck_result gradcheck(F&& f, const std::vector<Tensor<double>>& inputs,
 /// element of the last axis of a wider buffer, with the two leading axes swapped when rank >= 2).
 inline Tensor<double> random_input(const Shape& shape, std::uint64_t seed, bool strided = true,
                                    double scale = 1.0) {
-  if (!strided || shape.rank() == 0)
-    return Tensor<double>::randn(shape, seed, 0, 0.0, scale);
+  if (!strided || shape.rank() == 0) return Tensor<double>::randn(shape, seed, 0, 0.0, scale);
   Shape wide = shape;
   if (wide.rank() >= 2) std::swap(wide[0], wide[1]);
   wide[wide.rank() - 1] *= 2;
@@ -123,8 +122,8 @@ inline bool register_gradcheck(const char* name, gradcheck_result (*run)()) {
 
 /// Declares a gradcheck row next to an op (compiled only where FLSL_GRADCHECK_ROWS is defined, i.e.
 /// in the gradcheck test):  FLSL_GRADCHECK_ROW(linear) { return gradcheck(...); }
-#define FLSL_GRADCHECK_ROW(NAME)                                                     \
-  inline ::flsl::autograd::gradcheck_result flsl_gradcheck_row_##NAME();             \
-  inline const bool flsl_gradcheck_registered_##NAME =                               \
-      ::flsl::autograd::register_gradcheck(#NAME, &flsl_gradcheck_row_##NAME);       \
+#define FLSL_GRADCHECK_ROW(NAME)                                               \
+  inline ::flsl::autograd::gradcheck_result flsl_gradcheck_row_##NAME();       \
+  inline const bool flsl_gradcheck_registered_##NAME =                         \
+      ::flsl::autograd::register_gradcheck(#NAME, &flsl_gradcheck_row_##NAME); \
   inline ::flsl::autograd::gradcheck_result flsl_gradcheck_row_##NAME()

@@ -61,8 +61,10 @@ struct node {
   void accumulate(const G& g) {
     const auto e = as_expr(g);
     if (e.shape() == value.shape()) {
-      if (!grad.defined()) grad = Tensor<T, D>(e);
-      else grad.assign(grad + e);
+      if (!grad.defined())
+        grad = Tensor<T, D>(e);
+      else
+        grad.assign(grad + e);
       return;
     }
     // Broadcast: sum the gradient over the axes that were expanded.
@@ -75,10 +77,14 @@ struct node {
       if (i < lead || (s[i - lead] == 1 && gs[i] != 1)) axes.push_back(i);
     auto reduced = sum(e, axes, true);  // f32 for bf16 values: round back to T
     Tensor<T, D> r;
-    if constexpr (std::is_same_v<typename decltype(reduced)::value_type, T>) r = reduced.view(s);
-    else r = Tensor<T, D>(cast<T>(reduced)).view(s);
-    if (!grad.defined()) grad = r;
-    else grad.assign(grad + r);
+    if constexpr (std::is_same_v<typename decltype(reduced)::value_type, T>)
+      r = reduced.view(s);
+    else
+      r = Tensor<T, D>(cast<T>(reduced)).view(s);
+    if (!grad.defined())
+      grad = r;
+    else
+      grad.assign(grad + r);
   }
 };
 
@@ -113,7 +119,7 @@ class Var {
   }
   /// Evaluates a Var expression (e.g. `a * b + exp(c)`) as one graph node (see elementwise.hpp).
   template <class E>
-    requires requires(const E& e) { e.template materialize<T, D>(); }
+  requires requires(const E& e) { e.template materialize<T, D>(); }
   Var(const E& e) : Var(e.template materialize<T, D>()) {}  // NOLINT: implicit on purpose
 
   bool defined() const { return n_ != nullptr; }

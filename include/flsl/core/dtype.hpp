@@ -78,34 +78,50 @@ struct dtype_traits<bool> {
 };
 
 template <class T>
-concept element = requires { dtype_traits<T>::tag; };
+concept element = requires {
+  dtype_traits<T>::tag;
+};
 /// The type arithmetic on T happens in (float for bf16, T otherwise).
 template <class T>
 using compute_t = typename dtype_traits<T>::compute;
 template <class T>
 inline constexpr dtype dtype_of = dtype_traits<T>::tag;
 template <class T>
-inline constexpr bool is_floating = std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                                    std::is_same_v<T, bf16>;
+inline constexpr bool is_floating =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>;
 
 constexpr std::string_view dtype_name(dtype d) {
   switch (d) {
-    case dtype::f32: return "f32";
-    case dtype::f64: return "f64";
-    case dtype::bf16: return "bf16";
-    case dtype::i32: return "i32";
-    case dtype::i64: return "i64";
-    case dtype::u8: return "u8";
-    case dtype::boolean: return "bool";
+    case dtype::f32:
+      return "f32";
+    case dtype::f64:
+      return "f64";
+    case dtype::bf16:
+      return "bf16";
+    case dtype::i32:
+      return "i32";
+    case dtype::i64:
+      return "i64";
+    case dtype::u8:
+      return "u8";
+    case dtype::boolean:
+      return "bool";
   }
   return "?";
 }
 constexpr std::size_t dtype_size(dtype d) {
   switch (d) {
-    case dtype::f32: case dtype::i32: return 4;
-    case dtype::f64: case dtype::i64: return 8;
-    case dtype::bf16: return 2;
-    case dtype::u8: case dtype::boolean: return 1;
+    case dtype::f32:
+    case dtype::i32:
+      return 4;
+    case dtype::f64:
+    case dtype::i64:
+      return 8;
+    case dtype::bf16:
+      return 2;
+    case dtype::u8:
+    case dtype::boolean:
+      return 1;
   }
   return 0;
 }

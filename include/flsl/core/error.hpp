@@ -30,8 +30,8 @@ template <class... Parts>
   throw error(detail::concat(parts...));
 }
 
-#define FLSL_CHECK(cond, ...)        \
-  do {                               \
+#define FLSL_CHECK(cond, ...)               \
+  do {                                      \
     if (!(cond)) ::flsl::fail(__VA_ARGS__); \
   } while (0)
 

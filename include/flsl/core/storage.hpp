@@ -5,10 +5,10 @@
 #include <cstddef>
 #include <cstdlib>
 #include <map>
-#include <mutex>
-#include <vector>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <vector>
 
 #include "config.hpp"
 #include "device.hpp"
@@ -88,7 +88,8 @@ class host_block_cache {
 
  private:
   host_block_cache() {
-    if (const char* e = std::getenv("FLSL_HOST_CACHE_MB")) limit_ = std::size_t(std::atoll(e)) << 20;
+    if (const char* e = std::getenv("FLSL_HOST_CACHE_MB"))
+      limit_ = std::size_t(std::atoll(e)) << 20;
   }
   std::mutex mu_;
   std::map<std::size_t, std::vector<void*>> free_;
@@ -104,7 +105,8 @@ class Storage<cpu> {
  public:
   explicit Storage(std::size_t bytes) : bytes_(bytes) {
     if (bytes > 0) {
-      data_ = detail::host_block_cache::instance().acquire(detail::host_block_cache::rounded(bytes));
+      data_ =
+          detail::host_block_cache::instance().acquire(detail::host_block_cache::rounded(bytes));
       if (!data_) fail("Storage<cpu>: out of memory allocating ", bytes, " bytes");
     }
     storage_stats::allocations().fetch_add(1, std::memory_order_relaxed);
@@ -113,8 +115,11 @@ class Storage<cpu> {
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage() {
-    if (data_) detail::host_block_cache::instance().release(data_, detail::host_block_cache::rounded(bytes_));
-    storage_stats::bytes_live().fetch_sub(static_cast<long long>(bytes_), std::memory_order_relaxed);
+    if (data_)
+      detail::host_block_cache::instance().release(data_,
+                                                   detail::host_block_cache::rounded(bytes_));
+    storage_stats::bytes_live().fetch_sub(static_cast<long long>(bytes_),
+                                          std::memory_order_relaxed);
   }
 
   void* data() const { return data_; }

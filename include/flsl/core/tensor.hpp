@@ -112,7 +112,9 @@ class Tensor {
   static Tensor from(std::initializer_list<T> values, const Shape& shape) {
     return from_vector(std::vector<T>(values), shape);
   }
-  static Tensor from(std::initializer_list<T> values) { return from_vector(std::vector<T>(values)); }
+  static Tensor from(std::initializer_list<T> values) {
+    return from_vector(std::vector<T>(values));
+  }
 
   /// Standard normal * std + mean. Element i (row-major) is Philox draw (seed, counter offset + i):
   /// the same numbers on every thread count and device.
@@ -219,8 +221,8 @@ class Tensor {
   Tensor select(int axis, index_t index) const {
     const int a = shape_.normalize_axis(axis);
     if (index < 0) index += shape_[a];
-    FLSL_CHECK(index >= 0 && index < shape_[a], "select: index ", index,
-               " out of range for axis ", a, " of shape ", shape_);
+    FLSL_CHECK(index >= 0 && index < shape_[a], "select: index ", index, " out of range for axis ",
+               a, " of shape ", shape_);
     Tensor t = *this;
     t.offset_ += index * strides_[a];
     t.shape_.erase(a);
@@ -229,9 +231,7 @@ class Tensor {
   }
   Tensor operator[](index_t index) const { return select(0, index); }
   /// Reorders axes: result axis i is input axis dims[i].
-  Tensor permute(std::initializer_list<int> dims) const {
-    return permute(std::vector<int>(dims));
-  }
+  Tensor permute(std::initializer_list<int> dims) const { return permute(std::vector<int>(dims)); }
   Tensor permute(const std::vector<int>& dims) const {
     FLSL_CHECK(int(dims.size()) == rank(), "permute: ", dims.size(), " axes for shape ", shape_);
     std::array<bool, max_rank> seen{};
@@ -439,8 +439,7 @@ std::ostream& operator<<(std::ostream& os, const Tensor<T, D>& t) {
     if (t.defined() && t.numel() <= 16) {
       os << " {";
       auto v = t.to_vector();
-      for (std::size_t i = 0; i < v.size(); ++i)
-        os << (i ? ", " : "") << convert<double>(v[i]);
+      for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << convert<double>(v[i]);
       os << '}';
     }
   }

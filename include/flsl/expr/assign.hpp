@@ -16,7 +16,7 @@ inline constexpr index_t parallel_grain = 16384;
 
 /// Address range [lo, hi) of a strided view, in bytes.
 inline std::pair<const char*, const char*> byte_range(const void* p, std::size_t elem,
-                                                       const Shape& shape, const Shape& strides) {
+                                                      const Shape& shape, const Shape& strides) {
   const char* base = static_cast<const char*>(p);
   if (shape.numel() == 0) return {base, base};
   index_t lo = 0, hi = 0;
@@ -40,8 +40,8 @@ bool reads_overwritten(const Tensor<T, cpu>& out, E e) {
   e.for_each_leaf([&](Shape& strides, const void* p, std::size_t elem, const Shape& shape) {
     const auto [lo, hi] = byte_range(p, elem, shape, strides);
     if (lo >= ohi || olo >= hi) return;  // disjoint
-    const bool same_map = p == static_cast<const void*>(out.data()) && elem == sizeof(T) &&
-                          strides == out_b;
+    const bool same_map =
+        p == static_cast<const void*>(out.data()) && elem == sizeof(T) && strides == out_b;
     hazard = hazard || !same_map;
   });
   return hazard;
@@ -78,7 +78,8 @@ void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
   e.bind(out.shape());
   Shape out_strides = out.strides();
   iteration_space sp{out.shape(), {&out_strides}};
-  e.for_each_leaf([&](Shape& s, const void*, std::size_t, const Shape&) { sp.strides.push_back(&s); });
+  e.for_each_leaf(
+      [&](Shape& s, const void*, std::size_t, const Shape&) { sp.strides.push_back(&s); });
   sp.order_by_output(0, sp.extent.rank());
   const int r = sp.coalesce(0, sp.extent.rank());
   if (r == 0) {  // a single element
@@ -97,8 +98,10 @@ void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
     auto span = [&](index_t j0, index_t j1) {
       E local = e;
       local.start_row(nullptr, 0);
-      if (unit) eval_span<true>(base, 1, local, j0, j1, 0);
-      else eval_span<false>(base, out_inner, local, j0, j1, 0);
+      if (unit)
+        eval_span<true>(base, 1, local, j0, j1, 0);
+      else
+        eval_span<false>(base, out_inner, local, j0, j1, 0);
     };
     if (inner < 2 * parallel_grain) {
       span(0, inner);
@@ -115,17 +118,19 @@ void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
       index_t off = 0;
       for (int d = 0; d < r - 1; ++d) off += rc.idx[std::size_t(d)] * out_strides[d];
       local.start_row(rc.idx.data(), r - 1);
-      if (unit) eval_span<true>(base + off, 1, local, 0, inner, r - 1);
-      else eval_span<false>(base + off, out_inner, local, 0, inner, r - 1);
+      if (unit)
+        eval_span<true>(base + off, 1, local, 0, inner, r - 1);
+      else
+        eval_span<false>(base + off, out_inner, local, 0, inner, r - 1);
     }
   });
 }
 
 template <class T, class Device, class E>
 void assign_expr(const Tensor<T, Device>& out, const E& e) {
-  static_assert(std::is_same_v<typename E::device_type, Device> ||
-                    std::is_void_v<typename E::device_type>,
-                "flsl: assigning an expression of one device to a tensor of another");
+  static_assert(
+      std::is_same_v<typename E::device_type, Device> || std::is_void_v<typename E::device_type>,
+      "flsl: assigning an expression of one device to a tensor of another");
   FLSL_CHECK(out.defined(), "assign: destination tensor is undefined");
   const Shape b = broadcast_shapes(e.shape(), out.shape(), "assign");
   FLSL_CHECK(b == out.shape(), "assign: expression of shape ", e.shape(),

@@ -75,7 +75,8 @@ struct iteration_space {
     for (Shape* s : strides) old.push_back(*s);
     for (std::size_t i = 0; i < perm.size(); ++i) {
       extent[first + int(i)] = e[perm[i]];
-      for (std::size_t k = 0; k < strides.size(); ++k) (*strides[k])[first + int(i)] = old[k][perm[i]];
+      for (std::size_t k = 0; k < strides.size(); ++k)
+        (*strides[k])[first + int(i)] = old[k][perm[i]];
     }
   }
 };

@@ -124,8 +124,8 @@ struct map_expr : expr_base {
   }
   template <bool Unit>
   FLSL_HD FLSL_INLINE value_type get(index_t j, int inner_axis) const {
-    return std::apply(
-        [&](const auto&... c) { return op(c.template get<Unit>(j, inner_axis)...); }, children);
+    return std::apply([&](const auto&... c) { return op(c.template get<Unit>(j, inner_axis)...); },
+                      children);
   }
 };
 

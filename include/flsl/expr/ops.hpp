@@ -9,14 +9,14 @@
 namespace flsl {
 
 namespace op {
-#define FLSL_UNARY_OP(NAME, EXPR)                       \
-  struct NAME {                                         \
-    static constexpr const char* name = #NAME;          \
-    template <class A>                                  \
-    FLSL_HD FLSL_INLINE auto operator()(A a) const {    \
+#define FLSL_UNARY_OP(NAME, EXPR)                                                             \
+  struct NAME {                                                                               \
+    static constexpr const char* name = #NAME;                                                \
+    template <class A>                                                                        \
+    FLSL_HD FLSL_INLINE auto operator()(A a) const {                                          \
       using std::abs, std::exp, std::log, std::sqrt, std::tanh, std::erf, std::sin, std::cos; \
-      return EXPR;                                      \
-    }                                                   \
+      return EXPR;                                                                            \
+    }                                                                                         \
   };
 FLSL_UNARY_OP(neg, -a)
 FLSL_UNARY_OP(abs, abs(a))
@@ -38,16 +38,16 @@ FLSL_UNARY_OP(gelu_grad, A(0.5) * (A(1) + erf(a * A(0.70710678118654752440))) +
                              a * A(0.39894228040143267794) * exp(A(-0.5) * a * a))
 #undef FLSL_UNARY_OP
 
-#define FLSL_BINARY_OP(NAME, EXPR)                          \
-  struct NAME {                                             \
-    static constexpr const char* name = #NAME;              \
-    template <class A, class B>                             \
-    FLSL_HD FLSL_INLINE auto operator()(A a, B b) const {   \
-      static_assert(std::is_same_v<A, B>,                   \
+#define FLSL_BINARY_OP(NAME, EXPR)                                                              \
+  struct NAME {                                                                                 \
+    static constexpr const char* name = #NAME;                                                  \
+    template <class A, class B>                                                                 \
+    FLSL_HD FLSL_INLINE auto operator()(A a, B b) const {                                       \
+      static_assert(std::is_same_v<A, B>,                                                       \
                     "flsl: operands of " #NAME " have different element types; use cast<T>()"); \
-      using std::pow;                                       \
-      return EXPR;                                          \
-    }                                                       \
+      using std::pow;                                                                           \
+      return EXPR;                                                                              \
+    }                                                                                           \
   };
 FLSL_BINARY_OP(add, a + b)
 FLSL_BINARY_OP(sub, a - b)
@@ -127,20 +127,20 @@ auto make_map(const X&... x) {
 }
 }  // namespace detail
 
-#define FLSL_BINARY_FN(FN, OP)                                                  \
-  template <tensor_like A, tensor_like B>                                      \
-  auto FN(const A& a, const B& b) {                                            \
-    return detail::make_map<op::OP>(a, b);                                     \
-  }                                                                            \
-  template <tensor_like A, scalar_like S>                                      \
-  auto FN(const A& a, S s) {                                                   \
+#define FLSL_BINARY_FN(FN, OP)                                                   \
+  template <tensor_like A, tensor_like B>                                        \
+  auto FN(const A& a, const B& b) {                                              \
+    return detail::make_map<op::OP>(a, b);                                       \
+  }                                                                              \
+  template <tensor_like A, scalar_like S>                                        \
+  auto FN(const A& a, S s) {                                                     \
     return map_expr<op::OP, detail::node_t<A>, scalar_expr<detail::value_t<A>>>( \
-        op::OP{}, as_expr(a), detail::scalar_for<A>(s));                       \
-  }                                                                            \
-  template <scalar_like S, tensor_like B>                                      \
-  auto FN(S s, const B& b) {                                                   \
+        op::OP{}, as_expr(a), detail::scalar_for<A>(s));                         \
+  }                                                                              \
+  template <scalar_like S, tensor_like B>                                        \
+  auto FN(S s, const B& b) {                                                     \
     return map_expr<op::OP, scalar_expr<detail::value_t<B>>, detail::node_t<B>>( \
-        op::OP{}, detail::scalar_for<B>(s), as_expr(b));                       \
+        op::OP{}, detail::scalar_for<B>(s), as_expr(b));                         \
   }
 FLSL_BINARY_FN(operator+, add)
 FLSL_BINARY_FN(operator-, sub)
@@ -159,10 +159,10 @@ FLSL_BINARY_FN(operator&&, logical_and)
 FLSL_BINARY_FN(operator||, logical_or)
 #undef FLSL_BINARY_FN
 
-#define FLSL_UNARY_FN(FN, OP)                 \
-  template <tensor_like A>                   \
-  auto FN(const A& a) {                      \
-    return detail::make_map<op::OP>(a);      \
+#define FLSL_UNARY_FN(FN, OP)           \
+  template <tensor_like A>              \
+  auto FN(const A& a) {                 \
+    return detail::make_map<op::OP>(a); \
   }
 FLSL_UNARY_FN(operator-, neg)
 FLSL_UNARY_FN(operator!, logical_not)

@@ -28,7 +28,9 @@ struct mean_op {
   using acc = double;
   double init() const { return 0; }
   FLSL_INLINE void step(double& a, V v, index_t) const { a += double(v); }
-  double finish(double a, index_t n) const { return n ? a / double(n) : std::numeric_limits<double>::quiet_NaN(); }
+  double finish(double a, index_t n) const {
+    return n ? a / double(n) : std::numeric_limits<double>::quiet_NaN();
+  }
 };
 template <class V, bool Max>
 struct extreme_op {
@@ -90,8 +92,10 @@ inline Shape reduced_shape(const Shape& s, const std::vector<int>& axes, bool ke
   Shape out;
   for (int i = 0; i < s.rank(); ++i) {
     const bool r = std::find(axes.begin(), axes.end(), i) != axes.end();
-    if (!r) out.push_back(s[i]);
-    else if (keepdim) out.push_back(1);
+    if (!r)
+      out.push_back(s[i]);
+    else if (keepdim)
+      out.push_back(1);
   }
   return out;
 }
@@ -161,9 +165,11 @@ void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, co
         }
         local.start_row(idx.data(), r - 1);
         if (unit) {
-          for (index_t j = 0; j < inner; ++j) op.step(acc, local.template get<true>(j, r - 1), linear++);
+          for (index_t j = 0; j < inner; ++j)
+            op.step(acc, local.template get<true>(j, r - 1), linear++);
         } else {
-          for (index_t j = 0; j < inner; ++j) op.step(acc, local.template get<false>(j, r - 1), linear++);
+          for (index_t j = 0; j < inner; ++j)
+            op.step(acc, local.template get<false>(j, r - 1), linear++);
         }
       }
       base[off] = convert<T>(op.finish(acc, count));

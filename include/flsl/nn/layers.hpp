@@ -27,7 +27,6 @@ struct linear {
       f(join_name(prefix, "weight"), weight);
       if constexpr (Bias) f(join_name(prefix, "bias"), bias);
     }
-
   };
 };
 

@@ -1,4 +1,5 @@
-// The fixed 2-D sine-cosine position table of FLSL_SPEC.md §1 and its bicubic resize to other grids.
+// The fixed 2-D sine-cosine position table of FLSL_SPEC.md §1 and its bicubic resize to other
+// grids.
 #pragma once
 
 #include <cmath>
@@ -40,7 +41,8 @@ inline std::array<double, 4> cubic_weights(double t) {
 /// Resizes a [G*G, D] table to [S*S, D] like F.interpolate(size=(S, S), mode="bicubic",
 /// align_corners=False): source coordinate scale*(o + 0.5) - 0.5 with scale = G/S, taps clamped to
 /// the grid, separable (x within each row, then y).
-inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t grid, index_t size) {
+inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t grid,
+                                           index_t size) {
   const index_t dim = table.size(1);
   FLSL_CHECK(table.size(0) == grid * grid, "resize_table_bicubic: table of shape ", table.shape(),
              " is not a ", grid, "x", grid, " grid");
@@ -67,7 +69,8 @@ inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t 
       const taps& tp = tap[std::size_t(x)];
       for (index_t c = 0; c < dim; ++c) {
         double acc = 0;
-        for (int k = 0; k < 4; ++k) acc += tp.w[std::size_t(k)] * src.data()[(y * grid + tp.idx[std::size_t(k)]) * dim + c];
+        for (int k = 0; k < 4; ++k)
+          acc += tp.w[std::size_t(k)] * src.data()[(y * grid + tp.idx[std::size_t(k)]) * dim + c];
         out[c] = acc;
       }
     }
@@ -78,7 +81,8 @@ inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t 
       const taps& tp = tap[std::size_t(y)];
       for (index_t c = 0; c < dim; ++c) {
         double acc = 0;
-        for (int k = 0; k < 4; ++k) acc += tp.w[std::size_t(k)] * rows.data()[(tp.idx[std::size_t(k)] * size + x) * dim + c];
+        for (int k = 0; k < 4; ++k)
+          acc += tp.w[std::size_t(k)] * rows.data()[(tp.idx[std::size_t(k)] * size + x) * dim + c];
         o[c] = acc;
       }
     }

@@ -82,7 +82,9 @@ struct mlp {
     typename linear<D, Hidden>::template module<T, Dev> fc1;
     typename linear<Hidden, D>::template module<T, Dev> fc2;
     explicit module(init_stream& init) : fc1(init), fc2(init) {}
-    Var<T, Dev> operator()(const Var<T, Dev>& x) const { return fc2(Var<T, Dev>(flsl::gelu(fc1(x)))); }
+    Var<T, Dev> operator()(const Var<T, Dev>& x) const {
+      return fc2(Var<T, Dev>(flsl::gelu(fc1(x))));
+    }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
       fc1.for_each_parameter(f, join_name(prefix, "fc1"));
@@ -141,7 +143,8 @@ struct patch_embedding {
     Var<T, Dev> weight, bias;
     explicit module(init_stream& init) {
       const double bound = 1.0 / std::sqrt(double(C * P * P));
-      weight = Var<T, Dev>(Tensor<T, Dev>::rand({D, C, P, P}, init.seed, init.offset, -bound, bound), true);
+      weight = Var<T, Dev>(
+          Tensor<T, Dev>::rand({D, C, P, P}, init.seed, init.offset, -bound, bound), true);
       init.offset += std::uint64_t(D * C * P * P);
       bias = Var<T, Dev>(Tensor<T, Dev>::rand({D}, init.seed, init.offset, -bound, bound), true);
       init.offset += std::uint64_t(D);
@@ -159,8 +162,8 @@ struct patch_embedding {
 };
 
 /// The backbone: patch embedding + fixed positions -> depth blocks -> final LayerNorm.
-/// Parameter names follow timm's VisionTransformer (patch_embed.proj.weight, blocks.0.attn.qkv.weight,
-/// norm.weight, ...).
+/// Parameter names follow timm's VisionTransformer (patch_embed.proj.weight,
+/// blocks.0.attn.qkv.weight, norm.weight, ...).
 template <class Cfg>
 struct vision_transformer {
   using config = Cfg;
@@ -193,8 +196,9 @@ struct vision_transformer {
       FLSL_CHECK(images.size(2) == images.size(3) && images.size(2) % Cfg::patch == 0,
                  "vision_transformer: image size ", images.size(2), "x", images.size(3),
                  " must be square and divisible by the patch ", Cfg::patch);
-      FLSL_CHECK(drop.empty() || index_t(drop.size()) == Cfg::depth, "vision_transformer: ",
-                 drop.size(), " drop-path entries for ", Cfg::depth, " blocks");
+      FLSL_CHECK(drop.empty() || index_t(drop.size()) == Cfg::depth,
+                 "vision_transformer: ", drop.size(), " drop-path entries for ", Cfg::depth,
+                 " blocks");
       const index_t grid = images.size(2) / Cfg::patch;
       Var<T, Dev> x = patch_embed(Var<T, Dev>(images));
       Var<T, Dev> h = x + Var<T, Dev>(positions(grid));
@@ -246,7 +250,8 @@ struct projection_head {
     explicit module(init_stream& init) : mlp0(init), mlp2(init), mlp4(init) {
       // nn.Linear's default init (the head's last layer is created after DINO's trunc-normal pass)
       const double bound = 1.0 / std::sqrt(double(Bottleneck));
-      weight_v = Var<T, Dev>(Tensor<T, Dev>::rand({K, Bottleneck}, init.seed, init.offset, -bound, bound), true);
+      weight_v = Var<T, Dev>(
+          Tensor<T, Dev>::rand({K, Bottleneck}, init.seed, init.offset, -bound, bound), true);
       init.offset += std::uint64_t(K * Bottleneck);
       if constexpr (!NormLastLayer) weight_g = Var<T, Dev>(Tensor<T, Dev>::ones({K}), true);
     }

@@ -16,9 +16,9 @@ struct flsl_loss_params {
   double b_sa = 0.1 / std::sqrt(384.0);
   double b_ca = 0.2 / std::sqrt(384.0);
   double student_temp = 0.1;
-  double coef_ms = 0.03;   // u (intra-view)
-  double coef_km = 1.0;    // e (inter-view)
-  double coef_vmr = 5.0;   // c (volume maximisation)
+  double coef_ms = 0.03;  // u (intra-view)
+  double coef_km = 1.0;   // e (inter-view)
+  double coef_vmr = 5.0;  // c (volume maximisation)
 };
 
 /// One batch of views: the teacher view and the student global view of B images, L local views
@@ -26,12 +26,12 @@ struct flsl_loss_params {
 /// every student view.
 template <class T, class D = cpu>
 struct flsl_views {
-  Tensor<T, D> teacher;                     // [B, 3, H, W]
-  Tensor<T, D> global;                      // [B, 3, H, W]
-  Tensor<T, D> local;                       // [B*L, 3, h, w] (may be undefined when L = 0)
-  Tensor<std::int64_t, D> query_global;     // [B, Qg] token indices into the global view
-  Tensor<std::int64_t, D> query_local;      // [B*L, Ql]
-  index_t locals = 0;                       // L
+  Tensor<T, D> teacher;                  // [B, 3, H, W]
+  Tensor<T, D> global;                   // [B, 3, H, W]
+  Tensor<T, D> local;                    // [B*L, 3, h, w] (may be undefined when L = 0)
+  Tensor<std::int64_t, D> query_global;  // [B, Qg] token indices into the global view
+  Tensor<std::int64_t, D> query_local;   // [B*L, Ql]
+  index_t locals = 0;                    // L
 };
 
 /// Stochastic-depth masks for the student's two forwards (empty: none).
@@ -44,12 +44,12 @@ struct flsl_drop_paths {
 template <class T, class D = cpu>
 struct flsl_loss_result {
   Var<T, D> total, ms, km, vmr;
-  Tensor<T, D> teacher_tokens;                  // [B, M, D]
-  Var<T, D> student_global, student_local;     // [B, N, D], [B*L, n, D]
-  Var<T, D> zhat;                               // [R, D] all queries: global rows, then local rows
-  Tensor<T, D> zplus;                           // [R, D]
-  Var<T, D> student_logits;                     // [R, K]
-  Tensor<T, D> teacher_logits;                  // [R, K]
+  Tensor<T, D> teacher_tokens;              // [B, M, D]
+  Var<T, D> student_global, student_local;  // [B, N, D], [B*L, n, D]
+  Var<T, D> zhat;                           // [R, D] all queries: global rows, then local rows
+  Tensor<T, D> zplus;                       // [R, D]
+  Var<T, D> student_logits;                 // [R, K]
+  Tensor<T, D> teacher_logits;              // [R, K]
 };
 
 /// Averages the batch-mean probability over processes (a no-op on one process).
@@ -65,8 +65,8 @@ void flsl_view_terms(const Var<T, D>& z, const Tensor<std::int64_t, D>& query,
                      std::vector<Var<T, D>>& zq, std::vector<Var<T, D>>& zhat,
                      std::vector<Tensor<T, D>>& zplus) {
   const index_t dim = z.size(-1);
-  Var<T, D> q = gather_tokens(z, query);                // [rows, Q, D]
-  Var<T, D> h = meanshift_attention(q, z, p.b_sa);      // [rows, Q, D]
+  Var<T, D> q = gather_tokens(z, query);            // [rows, Q, D]
+  Var<T, D> h = meanshift_attention(q, z, p.b_sa);  // [rows, Q, D]
   Tensor<T, D> plus;
   {
     no_grad ng;
@@ -111,9 +111,11 @@ flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const f
     Tensor<T, D> paired = index_select(Var<T, D>(r.teacher_tokens), 0, rows).value();
     detail::flsl_view_terms(r.student_local, v.query_local, paired, p, zq, zhat, zplus);
   }
-  Var<T, D> q_all = concat(zq, 0);    // [R, D]
-  r.zhat = concat(zhat, 0);           // [R, D]
-  r.zplus = zplus.size() == 1 ? zplus[0] : concat(std::vector<Var<T, D>>(zplus.begin(), zplus.end()), 0).value();
+  Var<T, D> q_all = concat(zq, 0);  // [R, D]
+  r.zhat = concat(zhat, 0);         // [R, D]
+  r.zplus = zplus.size() == 1
+                ? zplus[0]
+                : concat(std::vector<Var<T, D>>(zplus.begin(), zplus.end()), 0).value();
 
   // intra-view: 2 - 2 mean cos(z_i, zhat_i), cosine of L2-normalised vectors
   Var<T, D> cos_rows = sum(Var<T, D>(l2_normalize(q_all, -1) * l2_normalize(r.zhat, -1)), {-1});

@@ -20,8 +20,8 @@ struct train_state {
 
 /// Options of the step that are not scheduled.
 struct flsl_step_options {
-  double clip_grad = 3.0;        // per-tensor max gradient norm; 0 disables
-  double drop_path_rate = 0.1;   // student stochastic depth at the last block
+  double clip_grad = 3.0;       // per-tensor max gradient norm; 0 disables
+  double drop_path_rate = 0.1;  // student stochastic depth at the last block
   optim::adamw_options adam{};
 };
 
@@ -52,8 +52,8 @@ void copy_parameters(M& dst, M& src) {
 template <class Net, class T, class D = cpu>
 class flsl_learner {
  public:
-  flsl_learner(Net& student, Net& teacher, const optim::recipe& recipe,
-               flsl_loss_params loss = {}, flsl_step_options options = {}, train_state state = {})
+  flsl_learner(Net& student, Net& teacher, const optim::recipe& recipe, flsl_loss_params loss = {},
+               flsl_step_options options = {}, train_state state = {})
       : student_(student),
         teacher_(teacher),
         sched_(recipe),
@@ -88,8 +88,8 @@ class flsl_learner {
     res.km = double(r.km.value().item());
     res.vmr = double(r.vmr.value().item());
     FLSL_CHECK(std::isfinite(res.total), "flsl step ", state_.iteration, " (epoch ", s.epoch,
-               "): the loss is not finite: total ", res.total, ", L_ms ", res.ms, ", L_km ",
-               res.km, ", L_vmr ", res.vmr, "; the weights were not updated");
+               "): the loss is not finite: total ", res.total, ", L_ms ", res.ms, ", L_km ", res.km,
+               ", L_vmr ", res.vmr, "; the weights were not updated");
     for (auto& [name, p] : student_params_) p.zero_grad();
     r.total.backward();
     res.grad_norms = optim::clip_grad_per_tensor(student_params_, opt_.clip_grad);
@@ -108,7 +108,8 @@ class flsl_learner {
     flsl_drop_paths<T, D> d;
     using backbone_t = std::remove_cvref_t<decltype(student_.backbone)>;
     const index_t depth = index_t(student_.backbone.blocks.size());
-    auto fill = [&](std::vector<nn::block_drop<T, D>>& out, index_t batch_size, std::uint64_t view) {
+    auto fill = [&](std::vector<nn::block_drop<T, D>>& out, index_t batch_size,
+                    std::uint64_t view) {
       out.resize(std::size_t(depth));
       for (index_t i = 0; i < depth; ++i) {
         const double rate = backbone_t::block_drop_rate(i, opt_.drop_path_rate);

@@ -10,8 +10,10 @@ namespace autograd {
 /// grad(n) += a @ b, written by the GEMM itself (beta = 1) once the gradient exists.
 template <class T, class D>
 void accumulate_product(node<T, D>& n, const Tensor<T, D>& a, const Tensor<T, D>& b) {
-  if (!n.grad.defined()) n.grad = Tensor<T, D>::empty(n.value.shape()), matmul_into(n.grad, a, b);
-  else matmul_into(n.grad, a, b, 1.0, 1.0);
+  if (!n.grad.defined())
+    n.grad = Tensor<T, D>::empty(n.value.shape()), matmul_into(n.grad, a, b);
+  else
+    matmul_into(n.grad, a, b, 1.0, 1.0);
 }
 }  // namespace autograd
 
@@ -26,8 +28,10 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
     const Tensor<T, D>& av = a.value();
     const Tensor<T, D>& bv = b.value();
     if (na.requires_grad) {
-      if (av.rank() == g.rank()) autograd::accumulate_product(na, g, bv.t());
-      else na.accumulate(matmul(g, bv.t()));  // 2-D a, batched b: sum over the batch
+      if (av.rank() == g.rank())
+        autograd::accumulate_product(na, g, bv.t());
+      else
+        na.accumulate(matmul(g, bv.t()));  // 2-D a, batched b: sum over the batch
     }
     if (nb.requires_grad) {
       if (bv.rank() == g.rank() && bv.size(0) == g.size(0)) {
@@ -76,8 +80,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b = Va
     if (nw.requires_grad) autograd::accumulate_product(nw, g.t(), x2);
     if (has_b && out.inputs[2]->requires_grad) out.inputs[2]->accumulate(sum(g, {0}));
   };
-  if (b.defined())
-    return Var<T, D>::make_result(y.view(ys), "linear", backward, x, w, b);
+  if (b.defined()) return Var<T, D>::make_result(y.view(ys), "linear", backward, x, w, b);
   return Var<T, D>::make_result(y.view(ys), "linear", backward, x, w);
 }
 

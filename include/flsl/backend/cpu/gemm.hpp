@@ -2,10 +2,10 @@
 // batch and over row blocks of large products with oneTBB.
 #pragma once
 
-#include <Eigen/Core>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <Eigen/Core>
 
 #include "../../core/tensor.hpp"
 #include "../../expr/assign.hpp"
@@ -29,12 +29,11 @@ inline matrix_layout layout_of(index_t rows, index_t cols, index_t rs, index_t c
 }
 
 template <class T, int Order>
-using mat_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>, Eigen::Unaligned,
-                           Eigen::OuterStride<>>;
+using mat_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>,
+                           Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class T, int Order>
-using const_mat_map =
-    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>, Eigen::Unaligned,
-               Eigen::OuterStride<>>;
+using const_mat_map = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>,
+                                 Eigen::Unaligned, Eigen::OuterStride<>>;
 
 /// A GEMM operand: pointer, extents and layout.
 template <class T>
@@ -66,11 +65,15 @@ void gemm_dispatch(const gemm_operand<T>& c, const gemm_operand<const T>& a,
                    const gemm_operand<const T>& b, T alpha, T beta, index_t m0, index_t m1) {
   constexpr int R = Eigen::RowMajor, Cm = Eigen::ColMajor;
   if (a.lay.row_major) {
-    if (b.lay.row_major) gemm_rows<T, R, R>(c, a, b, alpha, beta, m0, m1);
-    else gemm_rows<T, R, Cm>(c, a, b, alpha, beta, m0, m1);
+    if (b.lay.row_major)
+      gemm_rows<T, R, R>(c, a, b, alpha, beta, m0, m1);
+    else
+      gemm_rows<T, R, Cm>(c, a, b, alpha, beta, m0, m1);
   } else {
-    if (b.lay.row_major) gemm_rows<T, Cm, R>(c, a, b, alpha, beta, m0, m1);
-    else gemm_rows<T, Cm, Cm>(c, a, b, alpha, beta, m0, m1);
+    if (b.lay.row_major)
+      gemm_rows<T, Cm, R>(c, a, b, alpha, beta, m0, m1);
+    else
+      gemm_rows<T, Cm, Cm>(c, a, b, alpha, beta, m0, m1);
   }
 }
 
@@ -93,12 +96,11 @@ void gemm_2d(const gemm_operand<T>& c, const gemm_operand<const T>& a,
   index_t block = (M + 2 * threads - 1) / (2 * threads);
   block = std::max<index_t>(16, (block + 15) / 16 * 16);
   const index_t nblocks = (M + block - 1) / block;
-  tbb::parallel_for(tbb::blocked_range<index_t>(0, nblocks, 1),
-                    [&](const tbb::blocked_range<index_t>& r) {
-                      for (index_t i = r.begin(); i < r.end(); ++i)
-                        gemm_dispatch(c, a, b, alpha, beta, i * block,
-                                      std::min(M, (i + 1) * block));
-                    });
+  tbb::parallel_for(
+      tbb::blocked_range<index_t>(0, nblocks, 1), [&](const tbb::blocked_range<index_t>& r) {
+        for (index_t i = r.begin(); i < r.end(); ++i)
+          gemm_dispatch(c, a, b, alpha, beta, i * block, std::min(M, (i + 1) * block));
+      });
 }
 
 template <class T>
@@ -142,8 +144,10 @@ void matmul_into(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor<
     if (c.numel() == 0) return;
     const index_t K = a.size(-1);
     if (K == 0) {  // empty sum
-      if (beta == 0.0) c.fill(T(0));
-      else c.assign(c * T(beta));
+      if (beta == 0.0)
+        c.fill(T(0));
+      else
+        c.assign(c * T(beta));
       return;
     }
     // Operands the layouts cannot express are copied to contiguous memory.
@@ -181,8 +185,8 @@ void matmul_into(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor<
       if (a_tall && c_tall) {
         const index_t M = batch * A.size(1);
         detail::gemm_2d<T>({c.data(), M, c.size(2), cl},
-                           {A.data(), M, A.size(2), {true, A.stride(1), true}},
-                           detail::operand(B2), al, be, true);
+                           {A.data(), M, A.size(2), {true, A.stride(1), true}}, detail::operand(B2),
+                           al, be, true);
         return;
       }
     }
