@@ -21,3 +21,8 @@
 #include "interop/xtensor.hpp"
 #include "nn.hpp"
 #include "objective/flsl_loss.hpp"
+
+// The CUDA backend, in files compiled by nvcc (the g++ build never sees CUDA headers).
+#if defined(__CUDACC__)
+#include "backend/cuda.cuh"
+#endif

@@ -13,6 +13,14 @@
 
 #define FLSL_INLINE inline __attribute__((always_inline))
 
+// Fully unrolls the next loop in device code (so that small index arrays stay in registers);
+// nothing on the host compiler, whose -Wall would flag an unknown pragma.
+#if defined(__CUDA_ARCH__)
+#define FLSL_UNROLL _Pragma("unroll")
+#else
+#define FLSL_UNROLL
+#endif
+
 namespace flsl {
 /// Largest tensor rank the library supports (shapes live in fixed-size arrays).
 inline constexpr int max_rank = 8;

@@ -30,6 +30,33 @@ template <class T, class Device = cpu>
 class Tensor;
 
 namespace detail {
+// The element generators of randn / rand / trunc_normal: element i from Philox (seed, offset + i).
+// Plain structs (not lambdas) so that a device kernel can call them too.
+struct randn_gen {
+  std::uint64_t seed, offset;
+  double mean, stddev;
+  FLSL_HD double operator()(index_t i) const {
+    return mean + stddev * normal_at(seed, 0, offset + std::uint64_t(i));
+  }
+};
+struct rand_gen {
+  std::uint64_t seed, offset;
+  double lo, hi;
+  FLSL_HD double operator()(index_t i) const {
+    return lo + (hi - lo) * uniform_at(seed, 0, offset + std::uint64_t(i));
+  }
+};
+struct trunc_normal_gen {
+  std::uint64_t seed, offset;
+  double mean, stddev, a, b;
+  FLSL_HD double operator()(index_t i) const {
+    for (std::uint64_t k = 0;; ++k) {
+      const double x = mean + stddev * normal_at(seed, k + 1, offset + std::uint64_t(i));
+      if (x >= a && x <= b) return x;
+    }
+  }
+};
+
 /// Evaluates expression `e` into `out` (defined in flsl/expr/assign.hpp).
 template <class T, class Device, class E>
 void assign_expr(const Tensor<T, Device>& out, const E& e);
@@ -90,21 +117,29 @@ class Tensor {
   static Tensor scalar(T value) { return full(Shape{}, value); }
   /// [start, stop) with step, as a rank-1 tensor.
   static Tensor arange(double start, double stop, double step = 1.0) {
-    FLSL_CHECK(step != 0, "Tensor::arange: step is 0");
-    const auto n = index_t(std::max(0.0, std::ceil((stop - start) / step)));
-    Tensor t = empty({n});
-    T* p = t.data();
-    for (index_t i = 0; i < n; ++i) p[i] = convert<T>(start + double(i) * step);
-    return t;
+    if constexpr (!std::is_same_v<Device, cpu>) {  // built on the host, then copied
+      return Tensor<T, cpu>::arange(start, stop, step).template to<Device>();
+    } else {
+      FLSL_CHECK(step != 0, "Tensor::arange: step is 0");
+      const auto n = index_t(std::max(0.0, std::ceil((stop - start) / step)));
+      Tensor t = empty({n});
+      T* p = t.data();
+      for (index_t i = 0; i < n; ++i) p[i] = convert<T>(start + double(i) * step);
+      return t;
+    }
   }
   static Tensor arange(index_t n) { return arange(0.0, double(n), 1.0); }
   /// Copies `values` (row-major) into a new tensor of `shape`.
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape) {
-    FLSL_CHECK(index_t(values.size()) == shape.numel(), "Tensor::from_vector: ", values.size(),
-               " values for shape ", shape, " (", shape.numel(), " elements)");
-    Tensor t = empty(shape);
-    std::copy(values.begin(), values.end(), t.data());
-    return t;
+    if constexpr (!std::is_same_v<Device, cpu>) {  // built on the host, then copied
+      return Tensor<T, cpu>::from_vector(values, shape).template to<Device>();
+    } else {
+      FLSL_CHECK(index_t(values.size()) == shape.numel(), "Tensor::from_vector: ", values.size(),
+                 " values for shape ", shape, " (", shape.numel(), " elements)");
+      Tensor t = empty(shape);
+      std::copy(values.begin(), values.end(), t.data());
+      return t;
+    }
   }
   static Tensor from_vector(const std::vector<T>& values) {
     return from_vector(values, Shape{index_t(values.size())});
@@ -120,16 +155,12 @@ class Tensor {
   /// the same numbers on every thread count and device.
   static Tensor randn(const Shape& shape, std::uint64_t seed, std::uint64_t offset = 0,
                       double mean = 0.0, double std = 1.0) {
-    return generate(shape, [=](index_t i) {
-      return mean + std * normal_at(seed, 0, offset + std::uint64_t(i));
-    });
+    return generate(shape, detail::randn_gen{seed, offset, mean, std});
   }
   /// Uniform in [lo, hi); element i is Philox draw (seed, offset + i) on stream 0.
   static Tensor rand(const Shape& shape, std::uint64_t seed, std::uint64_t offset = 0,
                      double lo = 0.0, double hi = 1.0) {
-    return generate(shape, [=](index_t i) {
-      return lo + (hi - lo) * uniform_at(seed, 0, offset + std::uint64_t(i));
-    });
+    return generate(shape, detail::rand_gen{seed, offset, lo, hi});
   }
   /// Normal(mean, std) restricted to [a, b] (absolute bounds, as timm's trunc_normal_), by
   /// rejection: element i tries candidates k = 0, 1, ... from stream k + 1 at counter offset + i.
@@ -137,12 +168,7 @@ class Tensor {
                              double mean = 0.0, double std = 1.0, double a = -2.0, double b = 2.0) {
     FLSL_CHECK(a < b && std > 0, "Tensor::trunc_normal: empty interval [", a, ", ", b, "] or std ",
                std, " <= 0");
-    return generate(shape, [=](index_t i) {
-      for (std::uint64_t k = 0;; ++k) {
-        const double x = mean + std * normal_at(seed, k + 1, offset + std::uint64_t(i));
-        if (x >= a && x <= b) return x;
-      }
-    });
+    return generate(shape, detail::trunc_normal_gen{seed, offset, mean, std, a, b});
   }
 
   // ---- properties ---------------------------------------------------------------------------
@@ -155,7 +181,7 @@ class Tensor {
   index_t numel() const { return shape_.numel(); }
   index_t offset() const { return offset_; }
   static constexpr dtype dtype_tag() { return dtype_of<T>; }
-  /// Pointer to element [0, ..., 0] (the view's offset applied).
+  /// Pointer to element [0, ..., 0] (the view's offset applied); a device address for cuda.
   T* data() const { return storage_ ? static_cast<T*>(storage_->data()) + offset_ : nullptr; }
   const std::shared_ptr<Storage<Device>>& storage() const { return storage_; }
   bool is_contiguous() const { return numel() <= 1 || strides_ == contiguous_strides(shape_); }
@@ -181,13 +207,20 @@ class Tensor {
   T item() const {
     FLSL_CHECK(numel() == 1, "Tensor::item: tensor of shape ", shape_, " has ", numel(),
                " elements, not 1");
-    return data()[0];
+    if constexpr (!std::is_same_v<Device, cpu>)
+      return this->template to<cpu>().data()[0];  // a one-element copy to the host
+    else
+      return data()[0];
   }
   /// Values in row-major order (a copy).
   std::vector<T> to_vector() const {
-    std::vector<T> out(static_cast<std::size_t>(numel()));
-    for_each_offset([&](index_t i, index_t off) { out[std::size_t(i)] = data()[off]; });
-    return out;
+    if constexpr (!std::is_same_v<Device, cpu>) {
+      return this->template to<cpu>().to_vector();
+    } else {
+      std::vector<T> out(static_cast<std::size_t>(numel()));
+      for_each_offset([&](index_t i, index_t off) { out[std::size_t(i)] = data()[off]; });
+      return out;
+    }
   }
 
   // ---- views (no copy) ----------------------------------------------------------------------
@@ -330,13 +363,28 @@ class Tensor {
     t.copy_from(*this);
     return t;
   }
-  /// A converted copy (bf16 <-> f32, f32 -> f64, ...).
-  template <class U>
+  /// A converted copy on the same device (bf16 <-> f32, f32 -> f64, ...).
+  template <element U>
   Tensor<U, Device> to() const {
     auto out = Tensor<U, Device>::empty(shape_);
-    U* dst = out.data();
-    for_each_offset([&](index_t i, index_t off) { dst[i] = convert<U>(data()[off]); });
+    if constexpr (std::is_same_v<Device, cpu>) {
+      U* dst = out.data();
+      for_each_offset([&](index_t i, index_t off) { dst[i] = convert<U>(data()[off]); });
+    } else {
+      device_backend<Device>::convert(out, *this);
+    }
     return out;
+  }
+  /// A contiguous copy on device D (`x.to<cuda>()`, `y.to<cpu>()`); this tensor itself when it
+  /// already lives on D (as torch's `.to(device)`).
+  template <device D>
+  Tensor<T, D> to() const {
+    if constexpr (std::is_same_v<D, Device>) {
+      return *this;
+    } else {
+      using other = std::conditional_t<std::is_same_v<D, cpu>, Device, D>;
+      return device_backend<other>::template transfer<D>(*this);
+    }
   }
   /// Copies values from `src` (same shape, or broadcastable to this shape) into this memory.
   void copy_from(const Tensor& src) const;
@@ -435,13 +483,11 @@ class Tensor {
 template <class T, class D>
 std::ostream& operator<<(std::ostream& os, const Tensor<T, D>& t) {
   os << "Tensor<" << dtype_name(dtype_of<T>) << ", " << D::name << ">" << t.shape();
-  if constexpr (std::is_same_v<D, cpu>) {
-    if (t.defined() && t.numel() <= 16) {
-      os << " {";
-      auto v = t.to_vector();
-      for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << convert<double>(v[i]);
-      os << '}';
-    }
+  if (t.defined() && t.numel() <= 16) {
+    os << " {";
+    auto v = t.to_vector();  // a copy to the host for a device tensor
+    for (std::size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << convert<double>(v[i]);
+    os << '}';
   }
   return os;
 }

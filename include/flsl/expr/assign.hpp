@@ -29,8 +29,8 @@ inline std::pair<const char*, const char*> byte_range(const void* p, std::size_t
 
 /// True when some leaf of `e` reads memory that `out` writes through a different element mapping
 /// (then evaluating in place would read already-overwritten values).
-template <class T, class E>
-bool reads_overwritten(const Tensor<T, cpu>& out, E e) {
+template <class T, class Device, class E>
+bool reads_overwritten(const Tensor<T, Device>& out, E e) {
   const auto out_range = byte_range(out.data(), sizeof(T), out.shape(), out.strides());
   const char* const olo = out_range.first;
   const char* const ohi = out_range.second;
@@ -71,26 +71,37 @@ FLSL_INLINE void eval_span(T* __restrict out, index_t out_stride, const E& e, in
   }
 }
 
+/// Binds `e` to `out_shape` and coalesces the iteration space of `out = e` (every device uses
+/// it): on return `out_strides` and the strides of every leaf of `e` are those of the returned
+/// extents, whose rank is that of the coalesced space (0 for a single element).
+template <class E>
+Shape coalesce_assignment(const Shape& out_shape, Shape& out_strides, E& e) {
+  e.bind(out_shape);
+  iteration_space sp{out_shape, {&out_strides}};
+  e.for_each_leaf(
+      [&](Shape& s, const void*, std::size_t, const Shape&) { sp.strides.push_back(&s); });
+  sp.order_by_output(0, sp.extent.rank());
+  sp.coalesce(0, sp.extent.rank());
+  return sp.extent;
+}
+
 /// The CPU evaluation of `out = e` (shapes already checked, no aliasing hazard).
 template <class T, class E>
 void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
   if (out.numel() == 0) return;
-  e.bind(out.shape());
   Shape out_strides = out.strides();
-  iteration_space sp{out.shape(), {&out_strides}};
-  e.for_each_leaf(
-      [&](Shape& s, const void*, std::size_t, const Shape&) { sp.strides.push_back(&s); });
-  sp.order_by_output(0, sp.extent.rank());
-  const int r = sp.coalesce(0, sp.extent.rank());
+  const Shape extent = coalesce_assignment(out.shape(), out_strides, e);
+  const int r = extent.rank();
   if (r == 0) {  // a single element
     e.start_row(nullptr, 0);
     out.data()[0] = convert<T>(e.template get<true>(0, 0));
     return;
   }
-  bool unit = true;
-  for (Shape* s : sp.strides) unit = unit && (*s)[r - 1] == 1;
-  const index_t inner = sp.extent[r - 1];
-  const index_t rows = sp.extent.numel() / inner;
+  bool unit = out_strides[r - 1] == 1;
+  e.for_each_leaf(
+      [&](Shape& s, const void*, std::size_t, const Shape&) { unit = unit && s[r - 1] == 1; });
+  const index_t inner = extent[r - 1];
+  const index_t rows = extent.numel() / inner;
   const index_t out_inner = out_strides[r - 1];
   T* const base = out.data();
 
@@ -113,7 +124,7 @@ void evaluate_cpu(const Tensor<T, cpu>& out, E e) {
   }
   parallel_rows(rows, inner, [&](index_t r0, index_t r1) {
     E local = e;
-    row_counter rc(sp.extent, r - 1, r0);
+    row_counter rc(extent, r - 1, r0);
     for (index_t row = r0; row < r1; ++row, rc.next()) {
       index_t off = 0;
       for (int d = 0; d < r - 1; ++d) off += rc.idx[std::size_t(d)] * out_strides[d];
@@ -135,17 +146,19 @@ void assign_expr(const Tensor<T, Device>& out, const E& e) {
   const Shape b = broadcast_shapes(e.shape(), out.shape(), "assign");
   FLSL_CHECK(b == out.shape(), "assign: expression of shape ", e.shape(),
              " does not broadcast to the destination shape ", out.shape());
-  if constexpr (std::is_same_v<Device, cpu>) {
-    if (reads_overwritten(out, e)) {
-      // Evaluate into a temporary first: the destination overlaps an input with another layout.
-      auto tmp = Tensor<T, cpu>::empty(out.shape());
-      evaluate_cpu(tmp, e);
-      evaluate_cpu(out, as_expr(tmp));
-    } else {
-      evaluate_cpu(out, e);
-    }
+  auto evaluate = [](const Tensor<T, Device>& dst, const auto& x) {
+    if constexpr (std::is_same_v<Device, cpu>)
+      evaluate_cpu(dst, x);
+    else
+      device_backend<Device>::evaluate(dst, x);
+  };
+  if (reads_overwritten(out, e)) {
+    // Evaluate into a temporary first: the destination overlaps an input with another layout.
+    auto tmp = Tensor<T, Device>::empty(out.shape());
+    evaluate(tmp, e);
+    evaluate(out, as_expr(tmp));
   } else {
-    static_assert(std::is_same_v<Device, cpu>, "flsl: this device's evaluator is not included");
+    evaluate(out, e);
   }
 }
 
@@ -193,12 +206,15 @@ Tensor<T, D>& Tensor<T, D>::operator/=(const E& e) {
 template <class T, class D>
 template <class Gen>
 Tensor<T, D> Tensor<T, D>::generate(const Shape& shape, Gen gen) {
-  static_assert(std::is_same_v<D, cpu>, "random creation on this device is not included");
   Tensor t = empty(shape);
-  T* p = t.data();
-  detail::parallel_rows(t.numel(), 1, [&](index_t i0, index_t i1) {
-    for (index_t i = i0; i < i1; ++i) p[i] = convert<T>(gen(i));
-  });
+  if constexpr (!std::is_same_v<D, cpu>) {
+    device_backend<D>::generate(t, gen);
+  } else {
+    T* p = t.data();
+    detail::parallel_rows(t.numel(), 1, [&](index_t i0, index_t i1) {
+      for (index_t i = i0; i < i1; ++i) p[i] = convert<T>(gen(i));
+    });
+  }
   return t;
 }
 

@@ -8,6 +8,64 @@
 
 namespace flsl {
 
+// ---- device views ------------------------------------------------------------------------------
+// What a GPU kernel receives for an expression: trivially copyable aggregates (a node keeps a
+// storage handle and its children in a std::tuple, neither of which can be a kernel argument).
+// Each node's device_view() is taken after the iteration space is coalesced; `at(idx, rank)`
+// reads the element at multi-index idx[0..rank), `at1(i)` element i of a rank-1 space.
+
+/// A leaf: pointer and strides on the (coalesced) iteration axes; unused axes have stride 0.
+template <class T>
+struct leaf_view {
+  const T* ptr;
+  index_t stride[max_rank];
+  FLSL_HD FLSL_INLINE compute_t<T> at(const index_t* idx, int rank) const {
+    index_t off = 0;
+    FLSL_UNROLL
+    for (int d = 0; d < max_rank; ++d)
+      if (d < rank) off += idx[d] * stride[d];
+    return convert<compute_t<T>>(ptr[off]);
+  }
+  FLSL_HD FLSL_INLINE compute_t<T> at1(index_t i) const {
+    return convert<compute_t<T>>(ptr[i * stride[0]]);
+  }
+};
+template <class V>
+struct scalar_view {
+  V value;
+  FLSL_HD FLSL_INLINE V at(const index_t*, int) const { return value; }
+  FLSL_HD FLSL_INLINE V at1(index_t) const { return value; }
+};
+/// op(children...): the functors are empty structs with FLSL_HD call operators.
+template <class Op, class... C>
+struct map_view;
+template <class Op, class A>
+struct map_view<Op, A> {
+  Op op;
+  A a;
+  FLSL_HD FLSL_INLINE auto at(const index_t* i, int r) const { return op(a.at(i, r)); }
+  FLSL_HD FLSL_INLINE auto at1(index_t j) const { return op(a.at1(j)); }
+};
+template <class Op, class A, class B>
+struct map_view<Op, A, B> {
+  Op op;
+  A a;
+  B b;
+  FLSL_HD FLSL_INLINE auto at(const index_t* i, int r) const { return op(a.at(i, r), b.at(i, r)); }
+  FLSL_HD FLSL_INLINE auto at1(index_t j) const { return op(a.at1(j), b.at1(j)); }
+};
+template <class Op, class A, class B, class C>
+struct map_view<Op, A, B, C> {
+  Op op;
+  A a;
+  B b;
+  C c;
+  FLSL_HD FLSL_INLINE auto at(const index_t* i, int r) const {
+    return op(a.at(i, r), b.at(i, r), c.at(i, r));
+  }
+  FLSL_HD FLSL_INLINE auto at1(index_t j) const { return op(a.at1(j), b.at1(j), c.at1(j)); }
+};
+
 /// A tensor view inside an expression: a pointer plus strides, broadcast to the expression's shape
 /// when bound. Its pointer and strides are what an evaluator reads; `keep` owns the memory.
 template <class T, class Device>
@@ -39,6 +97,11 @@ struct leaf_expr : expr_base {
   void for_each_leaf(F&& f) {
     f(strides, static_cast<const void*>(ptr), sizeof(T), shape_);
   }
+  leaf_view<T> device_view() const {
+    leaf_view<T> v{ptr, {}};
+    for (int d = 0; d < strides.rank(); ++d) v.stride[d] = strides[d];
+    return v;
+  }
   /// Points `row` at the element with multi-index idx[0..n) (the remaining axes at 0).
   FLSL_HD void start_row(const index_t* idx, int n) {
     const T* p = ptr;
@@ -67,6 +130,7 @@ struct scalar_expr : expr_base {
   void bind(const Shape&) {}
   template <class F>
   void for_each_leaf(F&&) {}
+  scalar_view<V> device_view() const { return {value}; }
   FLSL_HD void start_row(const index_t*, int) {}
   template <bool Unit>
   FLSL_HD FLSL_INLINE V get(index_t, int) const {
@@ -118,6 +182,14 @@ struct map_expr : expr_base {
   template <class F>
   void for_each_leaf(F&& f) {
     std::apply([&](auto&... c) { (c.for_each_leaf(f), ...); }, children);
+  }
+  auto device_view() const {
+    static_assert(sizeof...(C) <= 3, "flsl: device views exist for maps of 1 to 3 operands");
+    return std::apply(
+        [&](const auto&... c) {
+          return map_view<Op, decltype(c.device_view())...>{op, c.device_view()...};
+        },
+        children);
   }
   FLSL_HD void start_row(const index_t* idx, int n) {
     std::apply([&](auto&... c) { (c.start_row(idx, n), ...); }, children);

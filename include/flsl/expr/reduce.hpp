@@ -16,36 +16,41 @@ namespace detail {
 template <class V>
 using acc_t = std::conditional_t<std::is_floating_point_v<V>, double, std::int64_t>;
 
+// Each reduction is an operator object: init, step (fold one value in), finish. Those that a
+// device reduction supports also have combine (merge two partial folds: a tree over threads).
 template <class V>
 struct sum_op {
   using acc = acc_t<V>;
-  acc init() const { return acc(0); }
-  FLSL_INLINE void step(acc& a, V v, index_t) const { a += acc(v); }
-  acc finish(acc a, index_t) const { return a; }
+  FLSL_HD acc init() const { return acc(0); }
+  FLSL_HD FLSL_INLINE void step(acc& a, V v, index_t) const { a += acc(v); }
+  FLSL_HD void combine(acc& a, acc b) const { a += b; }
+  FLSL_HD acc finish(acc a, index_t) const { return a; }
 };
 template <class V>
 struct mean_op {
   using acc = double;
-  double init() const { return 0; }
-  FLSL_INLINE void step(double& a, V v, index_t) const { a += double(v); }
-  double finish(double a, index_t n) const {
+  FLSL_HD double init() const { return 0; }
+  FLSL_HD FLSL_INLINE void step(double& a, V v, index_t) const { a += double(v); }
+  FLSL_HD void combine(double& a, double b) const { a += b; }
+  FLSL_HD double finish(double a, index_t n) const {
     return n ? a / double(n) : std::numeric_limits<double>::quiet_NaN();
   }
 };
 template <class V, bool Max>
 struct extreme_op {
   using acc = V;
-  V init() const {
+  FLSL_HD V init() const {
     if constexpr (std::is_floating_point_v<V>)
       return Max ? -std::numeric_limits<V>::infinity() : std::numeric_limits<V>::infinity();
     else
       return Max ? std::numeric_limits<V>::lowest() : std::numeric_limits<V>::max();
   }
-  FLSL_INLINE void step(V& a, V v, index_t) const {
+  FLSL_HD FLSL_INLINE void step(V& a, V v, index_t) const {
     // NaN propagates (as in PyTorch): once a is NaN it stays NaN.
     if (v != v || (Max ? v > a : v < a)) a = (a != a) ? a : v;
   }
-  V finish(V a, index_t) const { return a; }
+  FLSL_HD void combine(V& a, V b) const { step(a, b, 0); }
+  FLSL_HD V finish(V a, index_t) const { return a; }
 };
 template <class V>
 struct argmax_op {
@@ -100,10 +105,18 @@ inline Shape reduced_shape(const Shape& s, const std::vector<int>& axes, bool ke
   return out;
 }
 
-/// out[o] = finish(fold over the reduced axes of e). `out` has the kept axes in order (keepdim
-/// or not: extent-1 axes do not matter to the iteration).
-template <class T, class E, class Op>
-void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, const Op& op) {
+/// The loop structure of `out = reduce(e)` (every device uses it): iteration axes [0, kept) walk
+/// the output, axes [kept, rank) are folded; both groups are coalesced, and the leaves of `e` hold
+/// their strides on these axes. The folded axes are never empty (an extent-1 axis stands in).
+struct reduce_plan {
+  Shape extent;      // [kept axes..., reduced axes...]
+  Shape out_stride;  // output strides on the kept axes (0 on the reduced ones)
+  int kept = 0, rank = 0;
+  index_t n_out = 1;  // output elements
+  index_t count = 1;  // values folded into each
+};
+template <class T, class Device, class E>
+reduce_plan plan_reduction(const Tensor<T, Device>& out, E& e, const std::vector<int>& axes) {
   const Shape in_shape = e.shape();
   const int rank = in_shape.rank();
   // Iteration axes: kept axes first (in order), then reduced axes.
@@ -134,20 +147,31 @@ void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, co
     sp.extent.push_back(1);
     for (Shape* s : sp.strides) s->push_back(0);
   }
-  const int r = ko + std::max(kr, 1);
+  reduce_plan p{sp.extent, ostr, ko, ko + std::max(kr, 1)};
+  for (int d = 0; d < ko; ++d) p.n_out *= sp.extent[d];
+  for (int d = ko; d < p.rank; ++d) p.count *= sp.extent[d];
+  return p;
+}
+
+/// out[o] = finish(fold over the reduced axes of e). `out` has the kept axes in order (keepdim
+/// or not: extent-1 axes do not matter to the iteration).
+template <class T, class E, class Op>
+void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, const Op& op) {
+  const reduce_plan plan = plan_reduction(out, e, axes);
+  const Shape& ext = plan.extent;
+  const Shape& ostr = plan.out_stride;
+  const int ko = plan.kept, r = plan.rank;
   bool unit = true;
-  for (std::size_t k = 1; k < sp.strides.size(); ++k) unit = unit && (*sp.strides[k])[r - 1] == 1;
-  const index_t inner = sp.extent[r - 1];
-  index_t outer_r = 1;
-  for (int d = ko; d < r - 1; ++d) outer_r *= sp.extent[d];
-  index_t n_out = 1;
-  for (int d = 0; d < ko; ++d) n_out *= sp.extent[d];
-  const index_t count = outer_r * inner;
+  e.for_each_leaf(
+      [&](Shape& s, const void*, std::size_t, const Shape&) { unit = unit && s[r - 1] == 1; });
+  const index_t inner = ext[r - 1];
+  const index_t outer_r = plan.count / std::max<index_t>(inner, 1);
+  const index_t n_out = plan.n_out, count = plan.count;
   T* const base = out.data();
 
   parallel_rows(n_out, count, [&](index_t o0, index_t o1) {
     E local = e;
-    row_counter oc(sp.extent, ko, o0);
+    row_counter oc(ext, ko, o0);
     std::array<index_t, max_rank> idx{};
     for (index_t o = o0; o < o1; ++o, oc.next()) {
       index_t off = 0;
@@ -160,8 +184,8 @@ void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, co
       for (index_t rr = 0; rr < outer_r; ++rr) {
         index_t rem = rr;
         for (int d = r - 2; d >= ko; --d) {
-          idx[std::size_t(d)] = rem % sp.extent[d];
-          rem /= sp.extent[d];
+          idx[std::size_t(d)] = rem % ext[d];
+          rem /= ext[d];
         }
         local.start_row(idx.data(), r - 1);
         if (unit) {
@@ -178,11 +202,16 @@ void reduce_cpu(const Tensor<T, cpu>& out, E e, const std::vector<int>& axes, co
 }
 
 template <class T, class Src, class Op>
-Tensor<T, cpu> reduce(const Src& x, std::vector<int> axes, bool keepdim, const Op& op) {
+auto reduce(const Src& x, std::vector<int> axes, bool keepdim, const Op& op) {
   const auto e = as_expr(x);
+  using expr_device = typename std::remove_cvref_t<decltype(e)>::device_type;
+  using D = std::conditional_t<std::is_void_v<expr_device>, cpu, expr_device>;
   axes = reduce_axes(e.shape(), std::move(axes));
-  auto out = Tensor<T, cpu>::empty(reduced_shape(e.shape(), axes, keepdim));
-  reduce_cpu(out, e, axes, op);
+  auto out = Tensor<T, D>::empty(reduced_shape(e.shape(), axes, keepdim));
+  if constexpr (std::is_same_v<D, cpu>)
+    reduce_cpu(out, e, axes, op);
+  else
+    device_backend<D>::reduce(out, e, axes, op);
   return out;
 }
 template <class X>

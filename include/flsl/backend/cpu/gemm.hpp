@@ -9,24 +9,11 @@
 
 #include "../../core/tensor.hpp"
 #include "../../expr/assign.hpp"
+#include "../matmul_shapes.hpp"
 
 namespace flsl {
 
 namespace detail {
-
-/// How a 2-D strided view maps onto a BLAS matrix: row- or column-major with a leading dimension.
-struct matrix_layout {
-  bool row_major = true;
-  index_t ld = 0;
-  bool mappable = false;
-};
-inline matrix_layout layout_of(index_t rows, index_t cols, index_t rs, index_t cs) {
-  if (cols == 1) cs = 1;
-  if (rows == 1) rs = std::max<index_t>(cols, 1);
-  if (cs == 1 && rs >= cols) return {true, rs, true};
-  if (rs == 1 && cs >= rows) return {false, cs, true};
-  return {};
-}
 
 template <class T, int Order>
 using mat_map = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Order>,
@@ -107,22 +94,6 @@ template <class T>
 gemm_operand<const T> operand(const Tensor<T, cpu>& m) {
   const auto lay = layout_of(m.size(-2), m.size(-1), m.stride(-2), m.stride(-1));
   return {m.data(), m.size(-2), m.size(-1), lay};
-}
-
-template <class T>
-void check_matmul_shapes(const char* op, const Shape& c, const Shape& a, const Shape& b) {
-  FLSL_CHECK(a.rank() >= 2 && b.rank() >= 2, op, ": operands need rank >= 2, got ", a, " and ", b);
-  FLSL_CHECK(a.rank() <= 3 && b.rank() <= 3, op, ": operands of rank > 3 must be flattened to a ",
-             "batch first, got ", a, " and ", b);
-  FLSL_CHECK(a.at(-1) == b.at(-2), op, ": inner dimensions differ: ", a, " @ ", b);
-  const index_t batch_a = a.rank() == 3 ? a[0] : 1, batch_b = b.rank() == 3 ? b[0] : 1;
-  FLSL_CHECK(batch_a == batch_b || batch_a == 1 || batch_b == 1, op, ": batch sizes differ: ", a,
-             " @ ", b);
-  Shape want;
-  if (a.rank() == 3 || b.rank() == 3) want.push_back(std::max(batch_a, batch_b));
-  want.push_back(a.at(-2));
-  want.push_back(b.at(-1));
-  FLSL_CHECK(c == want, op, ": output shape ", c, " but ", a, " @ ", b, " is ", want);
 }
 
 }  // namespace detail

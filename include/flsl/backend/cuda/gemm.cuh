@@ -1,0 +1,210 @@
+// Matrix products on the GPU through cuBLASLt: f32 (exact fp32 by default, TF32 on request), bf16
+// inputs with fp32 accumulation, f64; 2-D, batched and broadcast batches, transposed operands read
+// in place as views, alpha/beta. Compiled only by nvcc.
+#pragma once
+
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <mutex>
+
+#include "../../expr/assign.hpp"
+#include "../matmul_shapes.hpp"
+#include "allocator.cuh"
+
+namespace flsl {
+
+/// Options of a CUDA matrix product.
+struct gemm_options {
+  /// f32 products may round their inputs to TF32 (10-bit mantissa) on the tensor cores: about
+  /// 8x the fp32 throughput, relative errors near 1e-3. Off by default (exact fp32 arithmetic).
+  bool allow_tf32 = false;
+};
+
+namespace cuda_detail {
+
+inline void check_cublas(cublasStatus_t s, const char* call) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    fail("cuBLASLt error ", cublasLtGetStatusName(s), " (", cublasLtGetStatusString(s), ") in ",
+         call);
+}
+#define FLSL_CUBLAS_CHECK(...) ::flsl::cuda_detail::check_cublas((__VA_ARGS__), #__VA_ARGS__)
+
+/// The cuBLASLt handle and workspace of a device, created on first use and kept.
+struct cublaslt_context {
+  static constexpr std::size_t workspace_bytes = std::size_t(32) << 20;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+
+  static cublaslt_context& for_current_device() {
+    static std::mutex mu;
+    static cublaslt_context contexts[64];
+    int dev = 0;
+    FLSL_CUDA_CHECK(cudaGetDevice(&dev));
+    FLSL_CHECK(dev >= 0 && dev < 64, "matmul: device ordinal ", dev, " out of range");
+    std::lock_guard<std::mutex> lock(mu);
+    cublaslt_context& c = contexts[dev];
+    if (!c.handle) {
+      FLSL_CUBLAS_CHECK(cublasLtCreate(&c.handle));
+      c.workspace = cuda_caching_allocator::instance().allocate(workspace_bytes);
+    }
+    return c;
+  }
+};
+
+template <class T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+  if constexpr (std::is_same_v<T, bf16>) return CUDA_R_16BF;
+}
+
+/// Largest power of two (<= 256) dividing the address: cuBLASLt must not assume more alignment
+/// than a view's pointer has.
+inline std::uint32_t alignment_of(const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  return std::uint32_t(std::min<std::uintptr_t>(a & (~a + 1), 256));
+}
+
+/// An operand in cuBLAS's column-major terms. A row-major view [R, C] (ld) is, column-major, its
+/// transpose [C, R]; a column-major view is itself and gets op = T. See gemm() for the roles.
+struct lt_matrix {
+  cublasLtMatrixLayout_t layout = nullptr;
+  cublasOperation_t op = CUBLAS_OP_N;
+  lt_matrix(cudaDataType_t type, index_t rows, index_t cols, const detail::matrix_layout& lay,
+            index_t batch, index_t batch_stride) {
+    op = lay.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+    const auto r = std::uint64_t(lay.row_major ? cols : rows);
+    const auto c = std::uint64_t(lay.row_major ? rows : cols);
+    const auto ld = std::int64_t(std::max<index_t>(lay.ld, std::max<index_t>(r, 1)));
+    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, r, c, ld));
+    const auto count = std::int32_t(batch);
+    const auto stride = std::int64_t(batch_stride);
+    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                       &count, sizeof(count)));
+    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+        layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  }
+  lt_matrix(const lt_matrix&) = delete;
+  lt_matrix& operator=(const lt_matrix&) = delete;
+  ~lt_matrix() { cublasLtMatrixLayoutDestroy(layout); }
+};
+
+/// c = alpha a b + beta c with c row-major and a, b mappable (checked by the caller). Row-major
+/// C = A B is, column-major, C^T = B^T A^T: cuBLAS's first operand is our b, its second our a.
+template <class T>
+void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
+          double alpha, double beta, const gemm_options& opt) {
+  using scale_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const cublasComputeType_t compute = std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F
+                                      : std::is_same_v<T, float> && opt.allow_tf32
+                                          ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                          : CUBLAS_COMPUTE_32F;
+  const cudaDataType_t type = cuda_type<T>();
+  const bool batched = c.rank() == 3;
+  const index_t batch = batched ? c.size(0) : 1;
+  auto batch_stride = [&](const Tensor<T, cuda>& x) {
+    return x.rank() == 3 && x.size(0) > 1 ? x.stride(0) : index_t(0);  // 0: broadcast
+  };
+  auto lay = [](const Tensor<T, cuda>& x) {
+    return detail::layout_of(x.size(-2), x.size(-1), x.stride(-2), x.stride(-1));
+  };
+  const lt_matrix lb(type, b.size(-2), b.size(-1), lay(b), batch, batch_stride(b));
+  const lt_matrix la(type, a.size(-2), a.size(-1), lay(a), batch, batch_stride(a));
+  const lt_matrix lc(type, c.size(-2), c.size(-1), lay(c), batch, batched ? c.stride(0) : 0);
+
+  cublasLtMatmulDesc_t desc = nullptr;
+  FLSL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, cuda_type<scale_t>()));
+  struct desc_guard {
+    cublasLtMatmulDesc_t d;
+    ~desc_guard() { cublasLtMatmulDescDestroy(d); }
+  } guard{desc};
+  FLSL_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &lb.op, sizeof(lb.op)));
+  FLSL_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &la.op, sizeof(la.op)));
+
+  cublaslt_context& ctx = cublaslt_context::for_current_device();
+  cublasLtMatmulPreference_t pref = nullptr;
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  struct pref_guard {
+    cublasLtMatmulPreference_t p;
+    ~pref_guard() { cublasLtMatmulPreferenceDestroy(p); }
+  } pguard{pref};
+  const std::uint64_t ws = cublaslt_context::workspace_bytes;
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const std::uint32_t align_a = alignment_of(b.data()), align_b = alignment_of(a.data()),
+                      align_c = alignment_of(c.data());
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
+  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c)));
+
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  FLSL_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(
+      ctx.handle, desc, lb.layout, la.layout, lc.layout, lc.layout, pref, 1, &heuristic, &found));
+  FLSL_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for ", a.shape(), " @ ", b.shape(),
+             " with strides ", a.strides(), " and ", b.strides());
+  const scale_t al = scale_t(alpha), be = scale_t(beta);
+  FLSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, desc, &al, b.data(), lb.layout, a.data(), la.layout,
+                                   &be, c.data(), lc.layout, c.data(), lc.layout, &heuristic.algo,
+                                   ctx.workspace, ws, current_stream()));
+}
+
+}  // namespace cuda_detail
+
+/// c = alpha * a @ b + beta * c on the GPU, with the shapes of the CPU matmul_into ([M,K] @ [K,N],
+/// batches [B,M,K] @ [B,K,N] where a batch of 1 or a 2-D operand broadcasts). Transposed operands
+/// are views, read in place; views cuBLASLt cannot address are copied to contiguous memory. f32,
+/// f64, and bf16 (fp32 accumulation, rounded once to bf16 on store).
+template <class T>
+void matmul_into(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
+                 double alpha = 1.0, double beta = 0.0, const gemm_options& opt = {}) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
+                "flsl::matmul on cuda supports f32, f64 and bf16");
+  detail::check_matmul_shapes<T>("matmul", c.shape(), a.shape(), b.shape());
+  if (c.numel() == 0) return;
+  if (a.size(-1) == 0) {  // empty sum
+    if (beta == 0.0)
+      c.fill(convert<T>(0));
+    else
+      c.assign(c * compute_t<T>(beta));
+    return;
+  }
+  auto fix = [](const Tensor<T, cuda>& m) {
+    return detail::layout_of(m.size(-2), m.size(-1), m.stride(-2), m.stride(-1)).mappable
+               ? m
+               : m.clone();
+  };
+  const Tensor<T, cuda> A = fix(a), B = fix(b);
+  // The output must be row-major: a column-major one is c^T = b^T a^T, others go through a copy.
+  const auto cl = detail::layout_of(c.size(-2), c.size(-1), c.stride(-2), c.stride(-1));
+  if (!cl.mappable || !cl.row_major) {
+    if (cl.mappable) {
+      matmul_into(c.t(), B.t(), A.t(), alpha, beta, opt);
+    } else {
+      auto tmp = beta == 0.0 ? Tensor<T, cuda>::empty(c.shape()) : c.clone();
+      matmul_into(tmp, A, B, alpha, beta, opt);
+      c.copy_from(tmp);
+    }
+    return;
+  }
+  cuda_detail::gemm(c, A, B, alpha, beta, opt);
+}
+
+/// a @ b into a new tensor (see matmul_into for the shapes and options).
+template <class T>
+Tensor<T, cuda> matmul(const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
+                       const gemm_options& opt = {}) {
+  auto c = Tensor<T, cuda>::empty(detail::matmul_result_shape(a.shape(), b.shape()));
+  matmul_into(c, a, b, 1.0, 0.0, opt);
+  return c;
+}
+
+}  // namespace flsl
