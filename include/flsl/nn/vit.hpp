@@ -213,7 +213,7 @@ struct vision_transformer {
       if (it == pos_cache_->end()) {
         auto base = sincos_table(Cfg::dim, Cfg::base_grid);
         auto table = resize_table_bicubic(base, Cfg::base_grid, grid);
-        it = pos_cache_->emplace(grid, table.template to<T>()).first;
+        it = pos_cache_->emplace(grid, table.template to<T>().template to<Dev>()).first;
       }
       return it->second;
     }

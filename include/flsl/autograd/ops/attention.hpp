@@ -265,6 +265,47 @@ constexpr void check_attention_types() {
 
 }  // namespace detail
 
+// The CUDA kernels of multi_head_attention's cuda path, defined in
+// flsl/backend/cuda/kernels/attention.cuh (included by <flsl/backend/cuda.cuh>, nvcc only);
+// declared here so that this header stays free of CUDA headers.
+namespace cuda_ops {
+template <class T>
+void attention_forward(const Tensor<T, cuda>& qkv, int heads, const Tensor<T, cuda>& out,
+                       const Tensor<float, cuda>& lse);
+template <class T>
+void attention_backward(const Tensor<T, cuda>& qkv, const Tensor<T, cuda>& out,
+                        const Tensor<T, cuda>& grad_out, const Tensor<float, cuda>& lse, int heads,
+                        const Tensor<T, cuda>& dqkv);
+}  // namespace cuda_ops
+
+namespace detail {
+
+/// The cuda path of multi_head_attention (shapes already checked): the flash-style kernels of
+/// cuda_ops on a contiguous qkv, saving the same statistic as the CPU (lse [B, H, N], float);
+/// head_dim 16, 32 or 64 (the kernels refuse others, naming the head_dim). f32 only for now.
+template <class T>
+Var<T, cuda> multi_head_attention_cuda(const Var<T, cuda>& qkv, int heads) {
+  static_assert(std::is_same_v<T, float>,
+                "flsl::multi_head_attention on cuda: f32 only so far (the kernels also take bf16, "
+                "untested through Var)");
+  using Dev = cuda;
+  const index_t b = qkv.size(0), n = qkv.size(1), d = qkv.size(2) / 3;
+  const Tensor<T, Dev> x = qkv.value().contiguous();
+  auto out = Tensor<T, Dev>::empty({b, n, d});                   // [B, N, D]
+  auto lse = Tensor<float, Dev>::empty({b, index_t(heads), n});  // [B, H, N]
+  cuda_ops::attention_forward(x, heads, out, lse);
+  auto backward = [x, lse, heads](autograd::node<T, Dev>& node) {
+    auto& in = *node.inputs[0];
+    if (!in.requires_grad) return;
+    auto dqkv = Tensor<T, Dev>::empty(x.shape());  // [B, N, 3D], every element written
+    cuda_ops::attention_backward(x, node.value, node.grad.contiguous(), lse, heads, dqkv);
+    add_fresh_grad(in, dqkv);
+  };
+  return Var<T, Dev>::make_result(out, "multi_head_attention", backward, qkv);
+}
+
+}  // namespace detail
+
 /// Multi-head self-attention from one fused qkv projection, as timm computes it:
 ///   qkv [B, N, 3D] viewed as (B, N, 3, H, hd): q = channels [0, D), k = [D, 2D), v = [2D, 3D),
 ///   head h = the h-th block of hd = D / H channels within each;
@@ -275,27 +316,31 @@ constexpr void check_attention_types() {
 /// be modified in place before the backward.
 template <class T, class D>
 Var<T, D> multi_head_attention(const Var<T, D>& qkv, int heads) {
-  detail::check_attention_types<T, D>();
   FLSL_CHECK(qkv.rank() == 3 && qkv.size(2) % 3 == 0,
              "multi_head_attention: qkv must be [B, N, 3D], got ", qkv.shape());
   const index_t b = qkv.size(0), n = qkv.size(1), d = qkv.size(2) / 3;
   FLSL_CHECK(heads > 0 && d % heads == 0, "multi_head_attention: ", heads,
              " heads do not divide D = ", d, " of qkv ", qkv.shape());
   FLSL_CHECK(n > 0, "multi_head_attention: no tokens in qkv ", qkv.shape());
-  const T scale = T(1.0 / std::sqrt(double(d / heads)));
-  const Tensor<T, D> x = detail::unit_stride_rows(qkv.value());
-  auto out = Tensor<T, D>::empty({b, n, d});      // [B, N, D]
-  auto lse = Tensor<T, D>::empty({b, heads, n});  // [B, H, N]
-  detail::attention_forward(x, heads, scale, out, lse);
-  auto backward = [x, lse, heads, scale](autograd::node<T, D>& node) {
-    auto& in = *node.inputs[0];
-    if (!in.requires_grad) return;
-    auto dqkv = Tensor<T, D>::empty(x.shape());  // [B, N, 3D]
-    detail::attention_backward(x, node.value, detail::unit_stride_rows(node.grad), lse,
-                               index_t(heads), scale, dqkv);
-    detail::add_fresh_grad(in, dqkv);
-  };
-  return Var<T, D>::make_result(out, "multi_head_attention", backward, qkv);
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::multi_head_attention_cuda(qkv, heads);
+  } else {
+    detail::check_attention_types<T, D>();
+    const T scale = T(1.0 / std::sqrt(double(d / heads)));
+    const Tensor<T, D> x = detail::unit_stride_rows(qkv.value());
+    auto out = Tensor<T, D>::empty({b, n, d});      // [B, N, D]
+    auto lse = Tensor<T, D>::empty({b, heads, n});  // [B, H, N]
+    detail::attention_forward(x, heads, scale, out, lse);
+    auto backward = [x, lse, heads, scale](autograd::node<T, D>& node) {
+      auto& in = *node.inputs[0];
+      if (!in.requires_grad) return;
+      auto dqkv = Tensor<T, D>::empty(x.shape());  // [B, N, 3D]
+      detail::attention_backward(x, node.value, detail::unit_stride_rows(node.grad), lse,
+                                 index_t(heads), scale, dqkv);
+      detail::add_fresh_grad(in, dqkv);
+    };
+    return Var<T, D>::make_result(out, "multi_head_attention", backward, qkv);
+  }
 }
 
 #ifdef FLSL_GRADCHECK_ROWS

@@ -104,14 +104,86 @@ Tensor<T, cpu> sum_chunk_partials(const std::vector<C>& part, index_t chunks, in
 
 }  // namespace detail
 
+// The CUDA kernels of the cuda path below, defined in flsl/backend/cuda/kernels/layer_norm.cuh
+// (included by <flsl/backend/cuda.cuh>, nvcc only); declared here so that this header stays free
+// of CUDA headers. Only a Var<T, cuda> instantiates a call to them.
+namespace cuda_ops {
+template <class T>
+void layer_norm_forward(const Tensor<T, cuda>& x, const Tensor<T, cuda>& weight,
+                        const Tensor<T, cuda>& bias, double eps, const Tensor<T, cuda>& y,
+                        const Tensor<compute_t<T>, cuda>& mean,
+                        const Tensor<compute_t<T>, cuda>& rstd);
+template <class T>
+void layer_norm_backward(const Tensor<T, cuda>& x, const Tensor<T, cuda>& weight,
+                         const Tensor<compute_t<T>, cuda>& mean,
+                         const Tensor<compute_t<T>, cuda>& rstd, const Tensor<T, cuda>& grad_y,
+                         const Tensor<T, cuda>& dx, bool accumulate, const Tensor<T, cuda>& dweight,
+                         const Tensor<T, cuda>& dbias);
+}  // namespace cuda_ops
+
+namespace detail {
+
+/// The cuda path of layer_norm (arguments already checked): the same saved statistics as the CPU
+/// (mean in two parts, rstd), computed by cuda_ops::layer_norm_forward; the backward writes dx
+/// straight into the input's gradient when it is new or contiguous (adding to it otherwise through
+/// node::accumulate), and dweight / dbias into fresh tensors that the parameters take over.
+template <class T>
+Var<T, cuda> layer_norm_cuda(const Var<T, cuda>& x, const Var<T, cuda>& weight,
+                             const Var<T, cuda>& bias, double eps) {
+  using C = compute_t<T>;
+  using Dev = cuda;
+  const index_t d = x.size(-1), rows = x.numel() / d;
+  const Tensor<T, Dev> xc = x.value().contiguous();  // [rows, d]
+  const Tensor<T, Dev> w = weight.defined() ? weight.value().contiguous() : Tensor<T, Dev>();
+  const Tensor<T, Dev> b = bias.defined() ? bias.value().contiguous() : Tensor<T, Dev>();
+  auto y = Tensor<T, Dev>::empty(x.shape());
+  auto mean = Tensor<C, Dev>::empty({rows, 2});  // (m0, shift) per row
+  auto rstd = Tensor<C, Dev>::empty({rows});
+  cuda_ops::layer_norm_forward(xc, w, b, eps, y, mean, rstd);
+
+  const bool has_w = weight.defined(), has_b = bias.defined();
+  auto backward = [xc, w, mean, rstd, d, has_w, has_b](autograd::node<T, Dev>& out) {
+    const Tensor<T, Dev> g = out.grad.contiguous();  // [.., d]
+    auto& nx = *out.inputs[0];
+    autograd::node<T, Dev>* nw = has_w ? out.inputs[1].get() : nullptr;
+    autograd::node<T, Dev>* nb = has_b ? out.inputs[has_w ? 2 : 1].get() : nullptr;
+    const Tensor<T, Dev> dw =
+        nw && nw->requires_grad ? Tensor<T, Dev>::empty({d}) : Tensor<T, Dev>();
+    const Tensor<T, Dev> db =
+        nb && nb->requires_grad ? Tensor<T, Dev>::empty({d}) : Tensor<T, Dev>();
+    Tensor<T, Dev> dx, fresh;  // dx: where the kernel writes; fresh: a new tensor to accumulate
+    bool add = false;
+    if (nx.requires_grad) {
+      if (!nx.grad.defined()) {
+        nx.grad = Tensor<T, Dev>::empty(nx.value.shape());
+        dx = nx.grad;
+      } else if (nx.grad.is_contiguous()) {
+        dx = nx.grad;
+        add = true;
+      } else {
+        fresh = Tensor<T, Dev>::empty(nx.value.shape());
+        dx = fresh;
+      }
+    }
+    cuda_ops::layer_norm_backward(xc, w, mean, rstd, g, dx, add, dw, db);
+    if (fresh.defined()) nx.accumulate(std::move(fresh));
+    if (dw.defined()) nw->accumulate(dw);
+    if (db.defined()) nb->accumulate(db);
+  };
+  std::vector<Var<T, Dev>> ins{x};
+  if (has_w) ins.push_back(weight);
+  if (has_b) ins.push_back(bias);
+  return Var<T, Dev>::make_result_n(std::move(y), "layer_norm", std::move(backward), ins);
+}
+
+}  // namespace detail
+
 /// LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * weight + bias, for x [..., D]
 /// and weight, bias [D]; either may be an undefined Var (no scale / no shift). As
 /// torch.nn.functional.layer_norm (biased variance).
 template <class T, class D>
 Var<T, D> layer_norm(const Var<T, D>& x, const Var<T, D>& weight = Var<T, D>(),
                      const Var<T, D>& bias = Var<T, D>(), double eps = 1e-5) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::layer_norm: only the CPU version is included");
-  using C = compute_t<T>;
   FLSL_CHECK(x.rank() >= 1 && x.size(-1) > 0, "layer_norm: input of shape ", x.shape(),
              " has no last axis to normalise");
   const index_t d = x.size(-1), rows = x.numel() / d;
@@ -119,49 +191,54 @@ Var<T, D> layer_norm(const Var<T, D>& x, const Var<T, D>& weight = Var<T, D>(),
     FLSL_CHECK(!p->defined() || p->shape() == Shape{d},
                "layer_norm: ", p == &weight ? "weight" : "bias", " of shape ", p->shape(),
                " for input of shape ", x.shape(), " (expected [", d, "])");
-  const Tensor<T, D> xc = x.value().contiguous();  // [rows, d]
-  const Tensor<T, D> w = weight.defined() ? weight.value().contiguous() : Tensor<T, D>::ones({d});
-  const Tensor<T, D> b = bias.defined() ? bias.value().contiguous() : Tensor<T, D>::zeros({d});
-  auto y = Tensor<T, D>::empty(x.shape());
-  std::vector<detail::layer_norm_row_stats<C>> stats(static_cast<std::size_t>(rows));  // [rows]
-  detail::parallel_rows(rows, d, [&](index_t r0, index_t r1) {
-    detail::layer_norm_forward_rows(xc.data(), w.data(), b.data(), y.data(), stats.data(), r0, r1,
-                                    d, eps);
-  });
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::layer_norm_cuda(x, weight, bias, eps);
+  } else {
+    using C = compute_t<T>;
+    const Tensor<T, D> xc = x.value().contiguous();  // [rows, d]
+    const Tensor<T, D> w = weight.defined() ? weight.value().contiguous() : Tensor<T, D>::ones({d});
+    const Tensor<T, D> b = bias.defined() ? bias.value().contiguous() : Tensor<T, D>::zeros({d});
+    auto y = Tensor<T, D>::empty(x.shape());
+    std::vector<detail::layer_norm_row_stats<C>> stats(static_cast<std::size_t>(rows));  // [rows]
+    detail::parallel_rows(rows, d, [&](index_t r0, index_t r1) {
+      detail::layer_norm_forward_rows(xc.data(), w.data(), b.data(), y.data(), stats.data(), r0, r1,
+                                      d, eps);
+    });
 
-  const bool has_w = weight.defined(), has_b = bias.defined();
-  auto backward = [xc, w, stats = std::move(stats), d, rows, has_w,
-                   has_b](autograd::node<T, D>& out) {
-    const Tensor<T, D> g = out.grad.contiguous();  // [rows, d]
-    auto& nx = *out.inputs[0];
-    autograd::node<T, D>* nw = has_w ? out.inputs[1].get() : nullptr;
-    autograd::node<T, D>* nb = has_b ? out.inputs[has_w ? 2 : 1].get() : nullptr;
-    const bool need_w = nw && nw->requires_grad, need_b = nb && nb->requires_grad;
-    const index_t chunk = detail::layer_norm_chunk_rows(rows);
-    const index_t chunks = (rows + chunk - 1) / chunk;
-    std::vector<C> dw(std::size_t(need_w ? chunks * d : 0), C(0));  // [chunks, d]
-    std::vector<C> db(std::size_t(need_b ? chunks * d : 0), C(0));  // [chunks, d]
-    const auto run = [&](T* dx, bool add) {
-      tbb::parallel_for(
-          tbb::blocked_range<index_t>(0, chunks, 1), [&](const tbb::blocked_range<index_t>& cr) {
-            for (index_t c = cr.begin(); c < cr.end(); ++c)
-              detail::layer_norm_backward_rows(xc.data(), w.data(), g.data(), stats.data(), dx, add,
-                                               need_w ? dw.data() + c * d : nullptr,
-                                               need_b ? db.data() + c * d : nullptr, c * chunk,
-                                               std::min(rows, (c + 1) * chunk), d);
-          });
+    const bool has_w = weight.defined(), has_b = bias.defined();
+    auto backward = [xc, w, stats = std::move(stats), d, rows, has_w,
+                     has_b](autograd::node<T, D>& out) {
+      const Tensor<T, D> g = out.grad.contiguous();  // [rows, d]
+      auto& nx = *out.inputs[0];
+      autograd::node<T, D>* nw = has_w ? out.inputs[1].get() : nullptr;
+      autograd::node<T, D>* nb = has_b ? out.inputs[has_w ? 2 : 1].get() : nullptr;
+      const bool need_w = nw && nw->requires_grad, need_b = nb && nb->requires_grad;
+      const index_t chunk = detail::layer_norm_chunk_rows(rows);
+      const index_t chunks = (rows + chunk - 1) / chunk;
+      std::vector<C> dw(std::size_t(need_w ? chunks * d : 0), C(0));  // [chunks, d]
+      std::vector<C> db(std::size_t(need_b ? chunks * d : 0), C(0));  // [chunks, d]
+      const auto run = [&](T* dx, bool add) {
+        tbb::parallel_for(
+            tbb::blocked_range<index_t>(0, chunks, 1), [&](const tbb::blocked_range<index_t>& cr) {
+              for (index_t c = cr.begin(); c < cr.end(); ++c)
+                detail::layer_norm_backward_rows(xc.data(), w.data(), g.data(), stats.data(), dx,
+                                                 add, need_w ? dw.data() + c * d : nullptr,
+                                                 need_b ? db.data() + c * d : nullptr, c * chunk,
+                                                 std::min(rows, (c + 1) * chunk), d);
+            });
+      };
+      if (nx.requires_grad)
+        detail::accumulate_rows_grad(nx, nx.value.shape(), -1, run);
+      else
+        run(nullptr, false);
+      if (need_w) nw->accumulate(detail::sum_chunk_partials<T>(dw, chunks, d));
+      if (need_b) nb->accumulate(detail::sum_chunk_partials<T>(db, chunks, d));
     };
-    if (nx.requires_grad)
-      detail::accumulate_rows_grad(nx, nx.value.shape(), -1, run);
-    else
-      run(nullptr, false);
-    if (need_w) nw->accumulate(detail::sum_chunk_partials<T>(dw, chunks, d));
-    if (need_b) nb->accumulate(detail::sum_chunk_partials<T>(db, chunks, d));
-  };
-  std::vector<Var<T, D>> ins{x};
-  if (has_w) ins.push_back(weight);
-  if (has_b) ins.push_back(bias);
-  return Var<T, D>::make_result_n(std::move(y), "layer_norm", std::move(backward), ins);
+    std::vector<Var<T, D>> ins{x};
+    if (has_w) ins.push_back(weight);
+    if (has_b) ins.push_back(bias);
+    return Var<T, D>::make_result_n(std::move(y), "layer_norm", std::move(backward), ins);
+  }
 }
 
 #ifdef FLSL_GRADCHECK_ROWS

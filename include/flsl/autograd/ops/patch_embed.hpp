@@ -59,6 +59,31 @@ void patch_fold(const Tensor<T, cpu>& cols, index_t p, const Tensor<T, cpu>& img
   });
 }
 
+/// img [B, C, H, W] viewed as [B, Gh, Gw, C, p, p] (split H and W, then permute; no copy): the
+/// element of cols [B Gh Gw, C p p] viewed with that shape that patch_unfold would write.
+template <class T>
+Tensor<T, cuda> patch_grid_view(const Tensor<T, cuda>& img, index_t p) {
+  const index_t nb = img.size(0), nc = img.size(1), gh = img.size(2) / p, gw = img.size(3) / p;
+  return img.view({nb, nc, gh, p, gw, p}).permute({0, 2, 4, 1, 3, 5});
+}
+/// The cuda versions of patch_unfold / patch_fold: the same mapping as one strided copy (one
+/// generated expression kernel, flsl/backend/cuda/elementwise.cuh) between the images' grid view
+/// and cols viewed as [B, Gh, Gw, C, p, p]. Every pixel is read or written exactly once.
+template <class T>
+void patch_unfold(const Tensor<T, cuda>& img, index_t p, const Tensor<T, cuda>& cols) {
+  const Tensor<T, cuda> v = patch_grid_view(img, p);
+  cols.view(v.shape()).assign(v);
+}
+template <class T>
+void patch_fold(const Tensor<T, cuda>& cols, index_t p, const Tensor<T, cuda>& img, bool add) {
+  const Tensor<T, cuda> v = patch_grid_view(img, p);
+  const Tensor<T, cuda> c = cols.view(v.shape());
+  if (add)
+    v.assign(v + c);
+  else
+    v.assign(c);
+}
+
 }  // namespace detail
 
 /// Patch embedding: images [B, C, H, W], weight [D, C, p, p], bias [D] (an undefined Var: none)
@@ -70,7 +95,6 @@ void patch_fold(const Tensor<T, cpu>& cols, index_t p, const Tensor<T, cpu>& img
 template <class T, class D>
 Var<T, D> patch_embed(const Var<T, D>& images, const Var<T, D>& weight, const Var<T, D>& bias,
                       index_t p) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::patch_embed: only the CPU version exists so far");
   FLSL_CHECK(images.rank() == 4 && weight.rank() == 4, "patch_embed: needs images [B, C, H, W] ",
              "and weight [D, C, p, p], got ", images.shape(), " and ", weight.shape());
   FLSL_CHECK(p > 0, "patch_embed: patch size ", p, " is not positive");

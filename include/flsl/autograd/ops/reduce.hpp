@@ -123,7 +123,6 @@ Tensor<T, D> expand_reduced_grad(const Tensor<T, D>& g, const Shape& in,
 
 template <class T, class D>
 Var<T, D> sum_or_mean(const Var<T, D>& x, axes_t axes, bool keepdim, bool is_mean) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::sum/mean(Var): only the CPU version is included");
   using C = compute_t<T>;
   axes = reduce_axes(x.shape(), std::move(axes));
   index_t n = 1;
