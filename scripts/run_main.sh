@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-main=examples/minimal_flsl # the main program (build-tree path); becomes the trainer when it lands
+main=examples/flsl_pretrain # the main program (build-tree path): the FLSL trainer
 
 build_dir=${FLSL_BUILD_DIR:-build}
 bash scripts/install_deps.sh
