@@ -1,6 +1,8 @@
 // The default experiment, built as `flsl_pretrain`: ViT-Tiny/16 (or --arch small|base, --patch 8)
 // in f32 on the CPU, with a short-run recipe that trains on the built-in procedural dataset in
-// about ten minutes on two cores and shows a clear k-NN segmentation gain (docs/training.md).
+// about seven minutes on two cores. It does not yet show a k-NN segmentation gain
+// (docs/training.md).
+
 #pragma once
 
 #include <flsl/flsl.hpp>
