@@ -25,17 +25,9 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_support.cuh"
+
 using namespace flsl;
-
-bool flsl_test_cuda_device_present() { return cuda_available(); }
-
-#define SKIP_WITHOUT_CUDA_DEVICE()        \
-  do {                                    \
-    if (!cuda_available()) {              \
-      MESSAGE("skipped: no CUDA device"); \
-      return;                             \
-    }                                     \
-  } while (0)
 
 namespace {
 

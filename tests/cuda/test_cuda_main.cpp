@@ -5,7 +5,7 @@
 
 #include <cstdio>
 
-bool flsl_test_cuda_device_present();  // test_cuda.cu
+bool flsl_test_cuda_device_present();  // cuda_test_support.cuh
 
 int main(int argc, char** argv) {
   doctest::Context context(argc, argv);
