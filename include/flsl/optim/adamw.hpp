@@ -1,7 +1,10 @@
 // The parameter update of a training step (FLSL_SPEC.md §4): AdamW with the two weight-decay
 // groups and per-parameter state by name, per-tensor gradient clipping, last-layer freezing and
-// the EMA teacher update. Every tensor update is one fused expression pass, and no tensor memory
-// is allocated after the optimizer's construction.
+// the EMA teacher update. On the CPU every tensor update is one fused expression pass, and no
+// tensor memory is allocated after the optimizer's construction. On cuda each of the three updates
+// is a fused multi-tensor kernel over all parameters at once (backend/multi_tensor.hpp,
+// backend/cuda/kernels/optim.cuh) with the same arithmetic; the cuda branches below only gather
+// the tensors' addresses and scalars.
 #pragma once
 
 #include <cmath>
@@ -12,10 +15,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../autograd/var.hpp"
+#include "../backend/multi_tensor.hpp"
 #include "../expr/reduce.hpp"
 #include "../nn/module.hpp"
 
@@ -47,6 +52,18 @@ std::ptrdiff_t find_param(const named_vars<T, D>& params, const std::string& nam
   for (std::size_t i = 0; i < params.size(); ++i)
     if (params[i].first == name) return std::ptrdiff_t(i);
   return -1;
+}
+
+/// The cuda branches hand contiguous memory to the fused kernels: `t` itself, or a contiguous
+/// copy that is remembered in `copies` (with `t`) so that the caller writes it back after the
+/// kernel (parameters and gradients are contiguous in practice; a strided view costs a copy).
+template <class T, class D>
+Tensor<T, D> contiguous_for_kernel(const Tensor<T, D>& t,
+                                   std::vector<std::pair<Tensor<T, D>, Tensor<T, D>>>& copies) {
+  if (t.is_contiguous()) return t;
+  Tensor<T, D> c = t.contiguous();
+  copies.emplace_back(t, c);
+  return c;
 }
 
 }  // namespace detail
@@ -115,23 +132,27 @@ class adamw {
   /// One update of every parameter that has a gradient, with learning rate `lr` for both groups
   /// and weight decay `weight_decay` for the first group (rank >= 2).
   void step(double lr, double weight_decay) {
-    const double b1 = opt_.beta1, b2 = opt_.beta2;
-    for (param_state& s : states_) {
-      const Tensor<T, D>& g = s.param.grad();
-      if (!g.defined()) continue;  // no gradient: no decay, no moments, no step count
-      const Tensor<T, D>& p = s.param.value();
-      FLSL_CHECK(g.shape() == p.shape(), "adamw: gradient of shape ", g.shape(), " for parameter '",
-                 s.name, "' of shape ", p.shape());
-      s.step += 1;
-      const double wd = s.decay ? weight_decay : 0.0;
-      const double bc1 = 1 - std::pow(b1, double(s.step));
-      const double bc2_sqrt = std::sqrt(1 - std::pow(b2, double(s.step)));
-      const auto c = [](double x) { return static_cast<value_type>(x); };
-      const Tensor<T, D>& m = s.exp_avg;
-      const Tensor<T, D>& v = s.exp_avg_sq;
-      m.assign(m * c(b1) + c(1 - b1) * g);
-      v.assign(v * c(b2) + c(1 - b2) * g * g);
-      p.assign(p * c(1 - lr * wd) + (c(-(lr / bc1)) * m) / (sqrt(v) / c(bc2_sqrt) + c(opt_.eps)));
+    if constexpr (!std::is_same_v<D, cpu>) {
+      step_fused(lr, weight_decay);
+    } else {
+      const double b1 = opt_.beta1, b2 = opt_.beta2;
+      for (param_state& s : states_) {
+        const Tensor<T, D>& g = s.param.grad();
+        if (!g.defined()) continue;  // no gradient: no decay, no moments, no step count
+        const Tensor<T, D>& p = s.param.value();
+        FLSL_CHECK(g.shape() == p.shape(), "adamw: gradient of shape ", g.shape(),
+                   " for parameter '", s.name, "' of shape ", p.shape());
+        s.step += 1;
+        const double wd = s.decay ? weight_decay : 0.0;
+        const double bc1 = 1 - std::pow(b1, double(s.step));
+        const double bc2_sqrt = std::sqrt(1 - std::pow(b2, double(s.step)));
+        const auto c = [](double x) { return static_cast<value_type>(x); };
+        const Tensor<T, D>& m = s.exp_avg;
+        const Tensor<T, D>& v = s.exp_avg_sq;
+        m.assign(m * c(b1) + c(1 - b1) * g);
+        v.assign(v * c(b2) + c(1 - b2) * g * g);
+        p.assign(p * c(1 - lr * wd) + (c(-(lr / bc1)) * m) / (sqrt(v) / c(bc2_sqrt) + c(opt_.eps)));
+      }
     }
   }
 
@@ -189,6 +210,39 @@ class adamw {
   }
 
  private:
+  /// The cuda step: the same per-parameter scalars as the CPU loop (in double, then rounded),
+  /// gathered into one descriptor per parameter with a gradient, then one multi-tensor launch.
+  /// The shapes are checked before any state changes.
+  void step_fused(double lr, double weight_decay) {
+    const double b1 = opt_.beta1, b2 = opt_.beta2;
+    const auto c = [](double x) { return static_cast<value_type>(x); };
+    for (const param_state& s : states_) {
+      const Tensor<T, D>& g = s.param.grad();
+      FLSL_CHECK(!g.defined() || g.shape() == s.param.value().shape(), "adamw: gradient of shape ",
+                 g.shape(), " for parameter '", s.name, "' of shape ", s.param.value().shape());
+      FLSL_CHECK(s.exp_avg.is_contiguous() && s.exp_avg_sq.is_contiguous(),
+                 "adamw: the moments of '", s.name, "' are not contiguous");
+    }
+    std::vector<cuda_ops::adamw_tensor<T>> list;
+    list.reserve(states_.size());
+    std::vector<std::pair<Tensor<T, D>, Tensor<T, D>>> params_copied, grads_copied;
+    for (param_state& s : states_) {
+      const Tensor<T, D>& g = s.param.grad();
+      if (!g.defined()) continue;  // no gradient: no decay, no moments, no step count
+      s.step += 1;
+      const double wd = s.decay ? weight_decay : 0.0;
+      const double bc1 = 1 - std::pow(b1, double(s.step));
+      const double bc2_sqrt = std::sqrt(1 - std::pow(b2, double(s.step)));
+      const Tensor<T, D> p = detail::contiguous_for_kernel(s.param.value(), params_copied);
+      const Tensor<T, D> gc = detail::contiguous_for_kernel(g, grads_copied);
+      list.push_back({p.data(), gc.data(), s.exp_avg.data(), s.exp_avg_sq.data(), p.numel(),
+                      c(1 - lr * wd), c(-(lr / bc1)), c(bc2_sqrt)});
+    }
+    cuda_ops::multi_tensor_adamw<T>(std::span<const cuda_ops::adamw_tensor<T>>(list),
+                                    {c(b1), c(1 - b1), c(b2), c(1 - b2), c(opt_.eps)});
+    for (const auto& [orig, copy] : params_copied) orig.assign(copy);
+  }
+
   std::size_t find(const std::string& name) const {
     auto it = index_.find(name);
     FLSL_CHECK(it != index_.end(), "adamw: no parameter named '", name, "'");
@@ -209,16 +263,39 @@ void clip_grad_per_tensor(const named_vars<T, D>& params, double max_norm,
   FLSL_CHECK(max_norm >= 0, "clip_grad_per_tensor: max_norm ", max_norm, " is negative");
   FLSL_CHECK(norms.size() == params.size(), "clip_grad_per_tensor: ", norms.size(),
              " norm slots for ", params.size(), " parameters");
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    const Tensor<T, D>& g = params[i].second.grad();
-    if (!g.defined()) {
-      norms[i] = std::numeric_limits<double>::quiet_NaN();
-      continue;
+  if constexpr (!std::is_same_v<D, cpu>) {
+    // cuda: every defined gradient in one fused norm / decide / scale sequence (the clip scale is
+    // computed on the device), then one copy of all norms to the host.
+    std::vector<cuda_ops::clip_tensor<T>> list;
+    std::vector<std::size_t> slot;
+    std::vector<std::pair<Tensor<T, D>, Tensor<T, D>>> copied;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const Tensor<T, D>& g = params[i].second.grad();
+      if (!g.defined()) {
+        norms[i] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
+      const Tensor<T, D> gc = detail::contiguous_for_kernel(g, copied);
+      list.push_back({gc.data(), gc.numel()});
+      slot.push_back(i);
     }
-    const double n = detail::l2_norm(g);
-    norms[i] = n;
-    if (max_norm > 0 && n > max_norm)
-      g.assign(g * static_cast<compute_t<T>>(max_norm / (n + 1e-6)));
+    std::vector<double> got(list.size());
+    cuda_ops::multi_tensor_clip_per_tensor<T>(std::span<const cuda_ops::clip_tensor<T>>(list),
+                                              max_norm, std::span<double>(got));
+    for (std::size_t k = 0; k < slot.size(); ++k) norms[slot[k]] = got[k];
+    for (const auto& [orig, copy] : copied) orig.assign(copy);
+  } else {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const Tensor<T, D>& g = params[i].second.grad();
+      if (!g.defined()) {
+        norms[i] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
+      const double n = detail::l2_norm(g);
+      norms[i] = n;
+      if (max_norm > 0 && n > max_norm)
+        g.assign(g * static_cast<compute_t<T>>(max_norm / (n + 1e-6)));
+    }
   }
 }
 /// As above, returning the norms in parameter order.
@@ -273,6 +350,9 @@ void ema_update(const named_vars<T, D>& teacher, const named_vars<T, D>& student
          student.size());
   }
   using V = compute_t<T>;
+  // cuda: the pairs are checked and gathered here, then updated by one multi-tensor launch.
+  std::vector<cuda_ops::ema_tensor<T>> list;
+  std::vector<std::pair<Tensor<T, D>, Tensor<T, D>>> teachers_copied, students_copied;
   for (std::size_t i = 0; i < teacher.size(); ++i) {
     const std::string& name = teacher[i].first;
     const std::ptrdiff_t j = detail::find_param(student, name, i);
@@ -282,7 +362,18 @@ void ema_update(const named_vars<T, D>& teacher, const named_vars<T, D>& student
     const Tensor<T, D>& s = student[std::size_t(j)].second.value();
     FLSL_CHECK(t.shape() == s.shape(), "ema_update: parameter '", name, "' has shape ", t.shape(),
                " in the teacher and ", s.shape(), " in the student");
-    t.assign(t * static_cast<V>(m) + static_cast<V>(1 - m) * s);
+    if constexpr (std::is_same_v<D, cpu>) {
+      t.assign(t * static_cast<V>(m) + static_cast<V>(1 - m) * s);
+    } else {
+      const Tensor<T, D> tc = detail::contiguous_for_kernel(t, teachers_copied);
+      const Tensor<T, D> sc = detail::contiguous_for_kernel(s, students_copied);
+      list.push_back({tc.data(), sc.data(), tc.numel()});
+    }
+  }
+  if constexpr (!std::is_same_v<D, cpu>) {
+    cuda_ops::multi_tensor_ema<T>(std::span<const cuda_ops::ema_tensor<T>>(list), static_cast<V>(m),
+                                  static_cast<V>(1 - m));
+    for (const auto& [orig, copy] : teachers_copied) orig.assign(copy);
   }
 }
 /// The same for two modules (teacher and student of one architecture).
