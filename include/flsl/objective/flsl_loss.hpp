@@ -106,9 +106,10 @@ flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const f
                v.locals, " locals");
     r.student_local = student.backbone(v.local, drop.local);
     // local row r pairs with teacher row r / L
-    auto rows = Tensor<std::int64_t, D>::empty({B * v.locals});
+    auto rows = Tensor<std::int64_t, cpu>::empty(Shape{B * v.locals});  // built on the host
     for (index_t i = 0; i < B * v.locals; ++i) rows.data()[i] = i / v.locals;
-    Tensor<T, D> paired = index_select(Var<T, D>(r.teacher_tokens), 0, rows).value();
+    Tensor<T, D> paired =
+        index_select(Var<T, D>(r.teacher_tokens), 0, rows.template to<D>()).value();
     detail::flsl_view_terms(r.student_local, v.query_local, paired, p, zq, zhat, zplus);
   }
   Var<T, D> q_all = concat(zq, 0);  // [R, D]

@@ -65,11 +65,54 @@ inline void check_gather_indices(const char* op, const std::int64_t* idx, index_
     }
 }
 
+}  // namespace detail
+
+// The CUDA kernels of the gathers' cuda path, defined in flsl/backend/cuda/kernels/gather.cuh
+// (included by <flsl/backend/cuda.cuh>, nvcc only); declared here so that this header stays free
+// of CUDA headers.
+namespace cuda_ops {
+template <class T>
+void gather_rows_forward(const Tensor<T, cuda>& x, const Tensor<std::int64_t, cuda>& idx,
+                         index_t idx_stride, index_t outer, index_t n, index_t q, index_t inner,
+                         const Tensor<T, cuda>& out);
+template <class T>
+void gather_rows_backward(const Tensor<T, cuda>& grad_out, const Tensor<std::int64_t, cuda>& idx,
+                          index_t idx_stride, index_t outer, index_t n, index_t q, index_t inner,
+                          const Tensor<T, cuda>& grad_x);
+}  // namespace cuda_ops
+
+namespace detail {
+
+/// The cuda path of gather_along: the indices are checked on a host copy (the same messages as
+/// on the CPU; one device-to-host copy of idx per call), then cuda_ops::gather_rows_forward; the
+/// backward adds into the input's gradient with cuda_ops::gather_rows_backward (no atomics:
+/// repeated indices add up in index order).
+template <class T>
+Var<T, cuda> gather_along_cuda(const Var<T, cuda>& x, int a, const Tensor<std::int64_t, cuda>& idx,
+                               index_t outer, index_t n, index_t q, index_t inner,
+                               index_t idx_stride, const char* op) {
+  using Dev = cuda;
+  {
+    const Tensor<std::int64_t, cpu> host = idx.template to<cpu>();
+    check_gather_indices(op, host.data(), idx.rank() == 2 ? outer : 1, q, n, a, x.shape());
+  }
+  Shape ys = x.shape();
+  ys[a] = q;
+  auto y = Tensor<T, Dev>::empty(ys);
+  const Tensor<T, Dev> xc = x.value().contiguous();
+  cuda_ops::gather_rows_forward(xc, idx, idx_stride, outer, n, q, inner, y);
+  auto backward = [idx, idx_stride, outer, n, q, inner](autograd::node<T, Dev>& out) {
+    const Tensor<T, Dev> g = out.grad.contiguous();
+    const Tensor<T, Dev>& gx = autograd::grad_to_add_into(*out.inputs[0]);
+    cuda_ops::gather_rows_backward(g, idx, idx_stride, outer, n, q, inner, gx);
+  };
+  return Var<T, Dev>::make_result(std::move(y), op, backward, x);
+}
+
 /// The op behind index_select, gather_tokens and mask_select_tokens: x seen as [outer, n, inner]
 /// around `axis`, idx [idx_outer, q] contiguous (idx_outer 1 or outer).
 template <class T, class D>
 Var<T, D> gather_along(const Var<T, D>& x, int axis, Tensor<std::int64_t, D> idx, const char* op) {
-  static_assert(std::is_same_v<D, cpu>, "flsl gather ops: only the CPU version is included");
   const Shape& s = x.shape();
   const int a = s.normalize_axis(axis);
   index_t outer = 1, inner = 1;
@@ -77,18 +120,22 @@ Var<T, D> gather_along(const Var<T, D>& x, int axis, Tensor<std::int64_t, D> idx
   for (int d = a + 1; d < s.rank(); ++d) inner *= s[d];
   const index_t n = s[a], q = idx.size(-1);
   const index_t idx_stride = idx.rank() == 2 ? q : 0;
-  check_gather_indices(op, idx.data(), idx.rank() == 2 ? outer : 1, q, n, a, s);
-  Shape ys = s;
-  ys[a] = q;
-  auto y = Tensor<T, D>::empty(ys);
-  const Tensor<T, D> xc = x.value().contiguous();
-  gather_rows_forward(xc.data(), y.data(), idx.data(), idx_stride, outer, n, q, inner);
-  auto backward = [idx, idx_stride, outer, n, q, inner](autograd::node<T, D>& out) {
-    const Tensor<T, D> g = out.grad.contiguous();
-    const Tensor<T, D>& gx = autograd::grad_to_add_into(*out.inputs[0]);
-    gather_rows_backward(gx.data(), g.data(), idx.data(), idx_stride, outer, n, q, inner);
-  };
-  return Var<T, D>::make_result(std::move(y), op, backward, x);
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return gather_along_cuda(x, a, idx, outer, n, q, inner, idx_stride, op);
+  } else {
+    check_gather_indices(op, idx.data(), idx.rank() == 2 ? outer : 1, q, n, a, s);
+    Shape ys = s;
+    ys[a] = q;
+    auto y = Tensor<T, D>::empty(ys);
+    const Tensor<T, D> xc = x.value().contiguous();
+    gather_rows_forward(xc.data(), y.data(), idx.data(), idx_stride, outer, n, q, inner);
+    auto backward = [idx, idx_stride, outer, n, q, inner](autograd::node<T, D>& out) {
+      const Tensor<T, D> g = out.grad.contiguous();
+      const Tensor<T, D>& gx = autograd::grad_to_add_into(*out.inputs[0]);
+      gather_rows_backward(gx.data(), g.data(), idx.data(), idx_stride, outer, n, q, inner);
+    };
+    return Var<T, D>::make_result(std::move(y), op, backward, x);
+  }
 }
 
 }  // namespace detail
@@ -120,7 +167,7 @@ Var<T, D> mask_select_tokens(const Var<T, D>& x, const Tensor<bool, D>& mask) {
              "mask_select_tokens: mask must be [B, N] = [", x.size(0), ", ", x.size(1),
              "] for x of shape ", x.shape(), ", got shape ", mask.shape());
   const index_t B = x.size(0), N = x.size(1);
-  const Tensor<bool, D> m = mask.contiguous();
+  const Tensor<bool, cpu> m = mask.template to<cpu>().contiguous();  // cuda: a host copy
   const bool* mp = m.data();
   const auto count = [&](index_t b) {
     return index_t(std::count(mp + b * N, mp + (b + 1) * N, true));
@@ -130,12 +177,12 @@ Var<T, D> mask_select_tokens(const Var<T, D>& x, const Tensor<bool, D>& mask) {
     FLSL_CHECK(count(b) == Q, "mask_select_tokens: row 0 of the mask selects ", Q,
                " tokens but row ", b, " selects ", count(b),
                " (every row must select the same count)");
-  auto idx = Tensor<std::int64_t, D>::empty({B, Q});  // [B, Q]
+  auto idx = Tensor<std::int64_t, cpu>::empty({B, Q});  // [B, Q], built on the host
   std::int64_t* ip = idx.data();
   for (index_t b = 0; b < B; ++b)
     for (index_t j = 0; j < N; ++j)
       if (mp[b * N + j]) *ip++ = j;
-  return detail::gather_along(x, 1, idx, "mask_select_tokens");
+  return detail::gather_along(x, 1, idx.template to<D>(), "mask_select_tokens");
 }
 
 #ifdef FLSL_GRADCHECK_ROWS

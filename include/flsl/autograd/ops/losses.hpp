@@ -42,6 +42,38 @@ void soft_ce_backward_row(const T* __restrict z, const T* __restrict q, index_t 
     for (index_t j = 0; j < k; ++j) dq[j] = coef_q * (lse - z[j] * inv_tau);
 }
 
+/// soft_cross_entropy on a device other than the CPU (arguments checked): the CPU rows'
+/// formulas as keepdim reductions and expressions, y = z / tau:
+///   lse_r = m_r + log sum_k exp(y_rk - m_r) (m_r = max_k y_rk),
+///   loss = (1/R) sum_r sum_k q_rk (lse_r - y_rk)   (row sums, then the sum over rows);
+/// backward with the upstream gradient g (a rank-0 device tensor, never copied to the host):
+///   dz = -(g / (R tau)) (q - exp(y - lse) sum_k q),   dq = (g / R) (lse - y).
+/// Saves z, q and lse [R, 1].
+template <class T, class D>
+Var<T, D> soft_cross_entropy_device(const Var<T, D>& logits, const Var<T, D>& target, double tau) {
+  const Tensor<T, D> z = logits.value(), q = target.value();  // [R, K]
+  const index_t rows = z.size(0);
+  const T inv_tau = T(1.0 / tau);
+  const Tensor<T, D> m = flsl::max(z * inv_tau, {1}, true);                      // [R, 1]
+  const Tensor<T, D> lse = m + log(flsl::sum(exp(z * inv_tau - m), {1}, true));  // [R, 1]
+  const Tensor<T, D> row_loss = flsl::sum(q * (lse - z * inv_tau), {1});         // [R]
+  Tensor<T, D> loss = flsl::sum(row_loss) * T(1.0 / double(rows));               // []
+  auto backward = [z, q, lse, inv_tau, rows](autograd::node<T, D>& node) {
+    auto& nz = *node.inputs[0];
+    auto& nq = *node.inputs[1];
+    if (nz.requires_grad) {
+      const Tensor<T, D> sum_q = flsl::sum(q, {1}, true);                        // [R, 1]
+      const Tensor<T, D> coef = node.grad * T(-double(inv_tau) / double(rows));  // []
+      add_fresh_grad(nz, Tensor<T, D>(coef * (q - exp(z * inv_tau - lse) * sum_q)));
+    }
+    if (nq.requires_grad) {  // after nz: logits and target may be the same node
+      const Tensor<T, D> coef = node.grad * T(1.0 / double(rows));  // []
+      add_fresh_grad(nq, Tensor<T, D>(coef * (lse - z * inv_tau)));
+    }
+  };
+  return Var<T, D>::make_result(std::move(loss), "soft_cross_entropy", backward, logits, target);
+}
+
 }  // namespace detail
 
 /// Soft-target cross-entropy: logits [R, K], target probabilities q [R, K], temperature tau ->
@@ -52,50 +84,54 @@ void soft_ce_backward_row(const T* __restrict z, const T* __restrict q, index_t 
 /// does, dq_rk = -(1/R) log_softmax(logits_r / tau)_k. The row sum of q need not be 1.
 template <class T, class D>
 Var<T, D> soft_cross_entropy(const Var<T, D>& logits, const Var<T, D>& target, double tau) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::soft_cross_entropy: only the CPU version exists");
   FLSL_CHECK(logits.rank() == 2 && target.shape() == logits.shape() && logits.numel() > 0,
              "soft_cross_entropy: needs logits and target of the same non-empty shape [R, K], got ",
              logits.shape(), " and ", target.shape());
   FLSL_CHECK(tau > 0, "soft_cross_entropy: temperature ", tau, " is not positive");
-  const Tensor<T, D> z = logits.value().contiguous(), q = target.value().contiguous();  // [R, K]
-  const index_t rows = z.size(0), k = z.size(1);
-  const T inv_tau = T(1.0 / tau);
-  auto lse = Tensor<T, D>::empty({rows});  // [R]
-  std::vector<double> row_loss(static_cast<std::size_t>(rows));
-  detail::parallel_rows(rows, k, [&](index_t r0, index_t r1) {
-    for (index_t r = r0; r < r1; ++r)
-      row_loss[std::size_t(r)] = detail::soft_ce_forward_row(z.data() + r * k, q.data() + r * k, k,
-                                                             inv_tau, lse.data()[r]);
-  });
-  double total = 0;  // summed in row order: the same value on every thread count
-  for (double l : row_loss) total += l;
-  auto backward = [z, q, lse, inv_tau](autograd::node<T, D>& node) {
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::soft_cross_entropy_device(logits, target, tau);
+  } else {
+    const Tensor<T, D> z = logits.value().contiguous(), q = target.value().contiguous();  // [R, K]
     const index_t rows = z.size(0), k = z.size(1);
-    const double g = convert<double>(node.grad.item()) / double(rows);
-    auto& nz = *node.inputs[0];
-    auto& nq = *node.inputs[1];
-    Tensor<T, D> dz, dq;  // [R, K] each, when wanted
-    if (nz.requires_grad) dz = Tensor<T, D>::empty(z.shape());
-    if (nq.requires_grad) dq = Tensor<T, D>::empty(q.shape());
-    const T coef_z = T(-g * double(inv_tau)), coef_q = T(g);
+    const T inv_tau = T(1.0 / tau);
+    auto lse = Tensor<T, D>::empty({rows});  // [R]
+    std::vector<double> row_loss(static_cast<std::size_t>(rows));
     detail::parallel_rows(rows, k, [&](index_t r0, index_t r1) {
       for (index_t r = r0; r < r1; ++r)
-        detail::soft_ce_backward_row(z.data() + r * k, q.data() + r * k, k, inv_tau, lse.data()[r],
-                                     coef_z, dz.defined() ? dz.data() + r * k : nullptr, coef_q,
-                                     dq.defined() ? dq.data() + r * k : nullptr);
+        row_loss[std::size_t(r)] = detail::soft_ce_forward_row(z.data() + r * k, q.data() + r * k,
+                                                               k, inv_tau, lse.data()[r]);
     });
-    const auto install = [](autograd::node<T, D>& n, const Tensor<T, D>& fresh) {
-      if (!fresh.defined()) return;
-      if (!n.grad.defined())
-        n.grad = fresh;
-      else
-        n.grad.assign(n.grad + fresh);
+    double total = 0;  // summed in row order: the same value on every thread count
+    for (double l : row_loss) total += l;
+    auto backward = [z, q, lse, inv_tau](autograd::node<T, D>& node) {
+      const index_t rows = z.size(0), k = z.size(1);
+      const double g = convert<double>(node.grad.item()) / double(rows);
+      auto& nz = *node.inputs[0];
+      auto& nq = *node.inputs[1];
+      Tensor<T, D> dz, dq;  // [R, K] each, when wanted
+      if (nz.requires_grad) dz = Tensor<T, D>::empty(z.shape());
+      if (nq.requires_grad) dq = Tensor<T, D>::empty(q.shape());
+      const T coef_z = T(-g * double(inv_tau)), coef_q = T(g);
+      detail::parallel_rows(rows, k, [&](index_t r0, index_t r1) {
+        for (index_t r = r0; r < r1; ++r)
+          detail::soft_ce_backward_row(z.data() + r * k, q.data() + r * k, k, inv_tau,
+                                       lse.data()[r], coef_z,
+                                       dz.defined() ? dz.data() + r * k : nullptr, coef_q,
+                                       dq.defined() ? dq.data() + r * k : nullptr);
+      });
+      const auto install = [](autograd::node<T, D>& n, const Tensor<T, D>& fresh) {
+        if (!fresh.defined()) return;
+        if (!n.grad.defined())
+          n.grad = fresh;
+        else
+          n.grad.assign(n.grad + fresh);
+      };
+      install(nz, dz);
+      install(nq, dq);  // after nz: logits and target may be the same node
     };
-    install(nz, dz);
-    install(nq, dq);  // after nz: logits and target may be the same node
-  };
-  return Var<T, D>::make_result(Tensor<T, D>::scalar(T(total / double(rows))), "soft_cross_entropy",
-                                backward, logits, target);
+    return Var<T, D>::make_result(Tensor<T, D>::scalar(T(total / double(rows))),
+                                  "soft_cross_entropy", backward, logits, target);
+  }
 }
 
 /// soft_cross_entropy with a constant target.

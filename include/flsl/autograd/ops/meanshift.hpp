@@ -45,6 +45,51 @@ void meanshift_backward(const Tensor<T, cpu>& q, const Tensor<T, cpu>& k, const 
 
 }  // namespace detail
 
+// The CUDA kernels of meanshift_attention's cuda path, defined in
+// flsl/backend/cuda/kernels/mean_shift.cuh (included by <flsl/backend/cuda.cuh>, nvcc only);
+// declared here so that this header stays free of CUDA headers.
+namespace cuda_ops {
+template <class T>
+void meanshift_forward(const Tensor<T, cuda>& q, const Tensor<T, cuda>& k, T beta,
+                       const Tensor<T, cuda>& out, const Tensor<T, cuda>& lse);
+template <class T>
+void meanshift_backward(const Tensor<T, cuda>& q, const Tensor<T, cuda>& k,
+                        const Tensor<T, cuda>& out, const Tensor<T, cuda>& grad_out,
+                        const Tensor<T, cuda>& lse, T beta, const Tensor<T, cuda>& dq,
+                        const Tensor<T, cuda>& dk);
+}  // namespace cuda_ops
+
+namespace detail {
+
+/// The cuda path of meanshift_attention (shapes checked): the row-wise kernels of cuda_ops on
+/// contiguous queries and keys, saving the same statistic as the CPU (lse [B, Q]); the fresh dq
+/// and dk are installed or added (queries and keys may be one node).
+template <class T>
+Var<T, cuda> meanshift_attention_cuda(const Var<T, cuda>& queries, const Var<T, cuda>& keys,
+                                      double beta) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "flsl::meanshift_attention on cuda: f32 or f64");
+  using Dev = cuda;
+  const Tensor<T, Dev> q = queries.value().contiguous();  // [B, Q, D]
+  const Tensor<T, Dev> k = keys.value().contiguous();     // [B, M, D]
+  auto out = Tensor<T, Dev>::empty(q.shape());
+  auto lse = Tensor<T, Dev>::empty({q.size(0), q.size(1)});
+  cuda_ops::meanshift_forward(q, k, T(beta), out, lse);
+  auto backward = [q, k, lse, b = T(beta)](autograd::node<T, Dev>& node) {
+    auto& nq = *node.inputs[0];
+    auto& nk = *node.inputs[1];
+    Tensor<T, Dev> dq, dk;
+    if (nq.requires_grad) dq = Tensor<T, Dev>::empty(q.shape());
+    if (nk.requires_grad) dk = Tensor<T, Dev>::empty(k.shape());
+    cuda_ops::meanshift_backward(q, k, node.value, node.grad.contiguous(), lse, b, dq, dk);
+    if (dq.defined()) add_fresh_grad(nq, dq);
+    if (dk.defined()) add_fresh_grad(nk, dk);
+  };
+  return Var<T, Dev>::make_result(out, "meanshift_attention", backward, queries, keys);
+}
+
+}  // namespace detail
+
 /// Mean-shift attention: queries [B, Q, D], keys [B, M, D] -> [B, Q, D],
 ///   out_bi = sum_j softmax_j(beta <q_bi, k_bj>) k_bj        (beta: inverse temperature).
 /// Gradients flow into queries and keys. FLSL's self version (zhat) passes a token gather of z as
@@ -53,30 +98,34 @@ void meanshift_backward(const Tensor<T, cpu>& q, const Tensor<T, cpu>& k, const 
 /// logsumexp [B, Q]; the backward rebuilds the probabilities per batch element.
 template <class T, class D>
 Var<T, D> meanshift_attention(const Var<T, D>& queries, const Var<T, D>& keys, double beta) {
-  detail::check_attention_types<T, D>();
   FLSL_CHECK(queries.rank() == 3 && keys.rank() == 3 && queries.size(0) == keys.size(0) &&
                  queries.size(2) == keys.size(2),
              "meanshift_attention: needs queries [B, Q, D] and keys [B, M, D], got ",
              queries.shape(), " and ", keys.shape());
   FLSL_CHECK(keys.size(1) > 0, "meanshift_attention: no keys in ", keys.shape());
-  const Tensor<T, D> q = detail::unit_stride_rows(queries.value());
-  const Tensor<T, D> k = detail::unit_stride_rows(keys.value());
-  auto out = Tensor<T, D>::empty(q.shape());               // [B, Q, D]
-  auto lse = Tensor<T, D>::empty({q.size(0), q.size(1)});  // [B, Q]
-  detail::meanshift_forward(q, k, T(beta), out, lse);
-  auto backward = [q, k, lse, b = T(beta)](autograd::node<T, D>& node) {
-    auto& nq = *node.inputs[0];
-    auto& nk = *node.inputs[1];
-    Tensor<T, D> dq, dk;
-    if (nq.requires_grad) dq = Tensor<T, D>::empty(q.shape());
-    if (nk.requires_grad) dk = Tensor<T, D>::empty(k.shape());
-    detail::meanshift_backward(q, k, node.value, detail::unit_stride_rows(node.grad), lse, b, dq,
-                               dk);
-    // queries and keys may be the same node: the second gradient then adds to the first.
-    if (dq.defined()) detail::add_fresh_grad(nq, dq);
-    if (dk.defined()) detail::add_fresh_grad(nk, dk);
-  };
-  return Var<T, D>::make_result(out, "meanshift_attention", backward, queries, keys);
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::meanshift_attention_cuda(queries, keys, beta);
+  } else {
+    detail::check_attention_types<T, D>();
+    const Tensor<T, D> q = detail::unit_stride_rows(queries.value());
+    const Tensor<T, D> k = detail::unit_stride_rows(keys.value());
+    auto out = Tensor<T, D>::empty(q.shape());               // [B, Q, D]
+    auto lse = Tensor<T, D>::empty({q.size(0), q.size(1)});  // [B, Q]
+    detail::meanshift_forward(q, k, T(beta), out, lse);
+    auto backward = [q, k, lse, b = T(beta)](autograd::node<T, D>& node) {
+      auto& nq = *node.inputs[0];
+      auto& nk = *node.inputs[1];
+      Tensor<T, D> dq, dk;
+      if (nq.requires_grad) dq = Tensor<T, D>::empty(q.shape());
+      if (nk.requires_grad) dk = Tensor<T, D>::empty(k.shape());
+      detail::meanshift_backward(q, k, node.value, detail::unit_stride_rows(node.grad), lse, b, dq,
+                                 dk);
+      // queries and keys may be the same node: the second gradient then adds to the first.
+      if (dq.defined()) detail::add_fresh_grad(nq, dq);
+      if (dk.defined()) detail::add_fresh_grad(nk, dk);
+    };
+    return Var<T, D>::make_result(out, "meanshift_attention", backward, queries, keys);
+  }
 }
 
 #ifdef FLSL_GRADCHECK_ROWS

@@ -96,34 +96,86 @@ void cosine_similarity_backward_rows(const T* x, const T* y, const T* s, const T
   }
 }
 
+// ---- the cuda paths: the same formulas as device-generic expressions and reductions ----------
+
+/// l2_normalize on a device other than the CPU (arguments checked, `a` normalised): the norm
+/// ||x|| by a keepdim reduction (summed in double), y = x / max(||x||, eps) as one expression;
+/// backward dx = (g - y [||x|| >= eps] sum(y g)) / max(||x||, eps), the CPU row kernel's formula.
+template <class T, class D>
+Var<T, D> l2_normalize_device(const Var<T, D>& x, int a, double eps) {
+  const Tensor<T, D> xv = x.value();
+  const Tensor<T, D> norm = sqrt(sum(square(xv), {a}, true));  // [.., 1, ..]
+  const T e = T(eps);
+  Tensor<T, D> y = xv / maximum(norm, e);
+  auto backward = [norm, a, e](autograd::node<T, D>& out) {
+    auto& in = *out.inputs[0];
+    if (!in.requires_grad) return;
+    const Tensor<T, D>& yv = out.value;
+    const Tensor<T, D> dot = sum(yv * out.grad, {a}, true);  // [.., 1, ..]
+    in.accumulate((out.grad - yv * where(norm >= e, dot, T(0))) / maximum(norm, e));
+  };
+  return Var<T, D>::make_result(std::move(y), "l2_normalize", backward, x);
+}
+
+/// cosine_similarity on a device other than the CPU (shapes checked): keepdim reductions for
+/// a.b, ||a||, ||b|| over the broadcast shape `full`, then the CPU row kernels' formulas as
+/// expressions; node::accumulate sums each gradient over the axes its operand was broadcast on.
+template <class T, class D>
+Var<T, D> cosine_similarity_device(const Var<T, D>& a, const Var<T, D>& b, const Shape& full,
+                                   int ax, double eps) {
+  const Tensor<T, D> av = a.value().expand(full), bv = b.value().expand(full);
+  const T e = T(eps);
+  const Tensor<T, D> na = sqrt(sum(square(av), {ax}, true));  // [.., 1, ..]
+  const Tensor<T, D> nb = sqrt(sum(square(bv), {ax}, true));
+  const Tensor<T, D> s = sum(av * bv, {ax}, true) / (maximum(na, e) * maximum(nb, e));
+  auto backward = [av, bv, na, nb, s, ax, e](autograd::node<T, D>& out) {
+    const Tensor<T, D> g = out.grad.unsqueeze(ax);  // [.., 1, ..]
+    const auto grad_of = [&](autograd::node<T, D>& in, const Tensor<T, D>& xv,
+                             const Tensor<T, D>& yv, const Tensor<T, D>& nx,
+                             const Tensor<T, D>& ny) {
+      if (!in.requires_grad) return;
+      const Tensor<T, D> dx_den = maximum(nx, e);
+      const Tensor<T, D> ky = g / (dx_den * maximum(ny, e));
+      const Tensor<T, D> kx = where(nx < e, T(0), g * s / (nx * dx_den));
+      in.accumulate(ky * yv - kx * xv);
+    };
+    grad_of(*out.inputs[0], av, bv, na, nb);
+    grad_of(*out.inputs[1], bv, av, nb, na);
+  };
+  return Var<T, D>::make_result(s.squeeze(ax), "cosine_similarity", backward, a, b);
+}
+
 }  // namespace detail
 
 /// x / max(||x||_2, eps) along `axis`, exactly as torch.nn.functional.normalize(x, 2, axis, eps)
 /// (no gradient flows through a clamped norm).
 template <class T, class D>
 Var<T, D> l2_normalize(const Var<T, D>& x, int axis = -1, double eps = 1e-12) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::l2_normalize: only the CPU version is included");
-  using C = compute_t<T>;
   FLSL_CHECK(x.rank() >= 1, "l2_normalize: needs rank >= 1, got shape ", x.shape());
   const int a = x.shape().normalize_axis(axis);
-  const index_t n = x.size(a), rows = n ? x.numel() / n : 0;
-  const Tensor<T, D> xr = detail::rows_along(x.value(), a);  // [..., n]
-  auto yr = Tensor<T, D>::empty(xr.shape());                 // [..., n]
-  auto norm = Tensor<C, D>::empty({rows});                   // [rows]
-  detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-    detail::l2_normalize_forward_rows(xr.data(), yr.data(), norm.data(), r0, r1, n, eps);
-  });
-  auto backward = [a, n, rows, norm, eps](autograd::node<T, D>& out) {
-    const Tensor<T, D> y = detail::rows_along(out.value, a);  // the forward's rows: no copy
-    const Tensor<T, D> g = detail::rows_along(out.grad, a);
-    detail::accumulate_rows_grad(*out.inputs[0], out.value.shape(), a, [&](T* dx, bool add) {
-      detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-        detail::l2_normalize_backward_rows(y.data(), g.data(), norm.data(), dx, add, r0, r1, n,
-                                           eps);
-      });
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::l2_normalize_device(x, a, eps);
+  } else {
+    using C = compute_t<T>;
+    const index_t n = x.size(a), rows = n ? x.numel() / n : 0;
+    const Tensor<T, D> xr = detail::rows_along(x.value(), a);  // [..., n]
+    auto yr = Tensor<T, D>::empty(xr.shape());                 // [..., n]
+    auto norm = Tensor<C, D>::empty({rows});                   // [rows]
+    detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+      detail::l2_normalize_forward_rows(xr.data(), yr.data(), norm.data(), r0, r1, n, eps);
     });
-  };
-  return Var<T, D>::make_result(detail::move_last_axis_to(yr, a), "l2_normalize", backward, x);
+    auto backward = [a, n, rows, norm, eps](autograd::node<T, D>& out) {
+      const Tensor<T, D> y = detail::rows_along(out.value, a);  // the forward's rows: no copy
+      const Tensor<T, D> g = detail::rows_along(out.grad, a);
+      detail::accumulate_rows_grad(*out.inputs[0], out.value.shape(), a, [&](T* dx, bool add) {
+        detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+          detail::l2_normalize_backward_rows(y.data(), g.data(), norm.data(), dx, add, r0, r1, n,
+                                             eps);
+        });
+      });
+    };
+    return Var<T, D>::make_result(detail::move_last_axis_to(yr, a), "l2_normalize", backward, x);
+  }
 }
 
 /// Cosine similarity of a and b along `axis` (of their broadcast shape; the axis is removed), as
@@ -137,44 +189,47 @@ Var<T, D> l2_normalize(const Var<T, D>& x, int axis = -1, double eps = 1e-12) {
 template <class T, class D>
 Var<T, D> cosine_similarity(const Var<T, D>& a, const Var<T, D>& b, int axis = -1,
                             double eps = 1e-8) {
-  static_assert(std::is_same_v<D, cpu>,
-                "flsl::cosine_similarity: only the CPU version is included");
-  using C = compute_t<T>;
   const Shape full = broadcast_shapes(a.shape(), b.shape(), "cosine_similarity");
   FLSL_CHECK(full.rank() >= 1, "cosine_similarity: needs rank >= 1, got shapes ", a.shape(),
              " and ", b.shape());
   const int ax = full.normalize_axis(axis);
-  const index_t n = full[ax], rows = n ? full.numel() / n : 0;
-  const Tensor<T, D> ar = detail::rows_along(a.value().expand(full), ax);  // [..., n]
-  const Tensor<T, D> br = detail::rows_along(b.value().expand(full), ax);  // [..., n]
-  Shape out_shape = full;
-  out_shape.erase(ax);
-  auto s = Tensor<T, D>::empty(out_shape);  // [rows] in row order
-  auto norm_a = Tensor<C, D>::empty({rows}), norm_b = Tensor<C, D>::empty({rows});
-  if (n == 0)
-    s.fill(convert<T>(0));  // empty rows: a.b = 0
-  else
-    detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-      detail::cosine_similarity_forward_rows(ar.data(), br.data(), s.data(), norm_a.data(),
-                                             norm_b.data(), r0, r1, n, eps);
-    });
-  auto backward = [ar, br, norm_a, norm_b, full, ax, n, rows, eps](autograd::node<T, D>& out) {
-    const Tensor<T, D> g = out.grad.contiguous();  // [rows]
-    const Tensor<T, D>& sv = out.value;            // [rows], contiguous
-    const auto grad_of = [&](autograd::node<T, D>& in, const Tensor<T, D>& x, const Tensor<T, D>& y,
-                             const Tensor<C, D>& nx, const Tensor<C, D>& ny) {
-      if (!in.requires_grad) return;
-      detail::accumulate_rows_grad(in, full, ax, [&](T* dx, bool add) {
-        detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-          detail::cosine_similarity_backward_rows(x.data(), y.data(), sv.data(), g.data(),
-                                                  nx.data(), ny.data(), dx, add, r0, r1, n, eps);
-        });
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return detail::cosine_similarity_device(a, b, full, ax, eps);
+  } else {
+    using C = compute_t<T>;
+    const index_t n = full[ax], rows = n ? full.numel() / n : 0;
+    const Tensor<T, D> ar = detail::rows_along(a.value().expand(full), ax);  // [..., n]
+    const Tensor<T, D> br = detail::rows_along(b.value().expand(full), ax);  // [..., n]
+    Shape out_shape = full;
+    out_shape.erase(ax);
+    auto s = Tensor<T, D>::empty(out_shape);  // [rows] in row order
+    auto norm_a = Tensor<C, D>::empty({rows}), norm_b = Tensor<C, D>::empty({rows});
+    if (n == 0)
+      s.fill(convert<T>(0));  // empty rows: a.b = 0
+    else
+      detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+        detail::cosine_similarity_forward_rows(ar.data(), br.data(), s.data(), norm_a.data(),
+                                               norm_b.data(), r0, r1, n, eps);
       });
+    auto backward = [ar, br, norm_a, norm_b, full, ax, n, rows, eps](autograd::node<T, D>& out) {
+      const Tensor<T, D> g = out.grad.contiguous();  // [rows]
+      const Tensor<T, D>& sv = out.value;            // [rows], contiguous
+      const auto grad_of = [&](autograd::node<T, D>& in, const Tensor<T, D>& x,
+                               const Tensor<T, D>& y, const Tensor<C, D>& nx,
+                               const Tensor<C, D>& ny) {
+        if (!in.requires_grad) return;
+        detail::accumulate_rows_grad(in, full, ax, [&](T* dx, bool add) {
+          detail::parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+            detail::cosine_similarity_backward_rows(x.data(), y.data(), sv.data(), g.data(),
+                                                    nx.data(), ny.data(), dx, add, r0, r1, n, eps);
+          });
+        });
+      };
+      grad_of(*out.inputs[0], ar, br, norm_a, norm_b);
+      grad_of(*out.inputs[1], br, ar, norm_b, norm_a);
     };
-    grad_of(*out.inputs[0], ar, br, norm_a, norm_b);
-    grad_of(*out.inputs[1], br, ar, norm_b, norm_a);
-  };
-  return Var<T, D>::make_result(std::move(s), "cosine_similarity", backward, a, b);
+    return Var<T, D>::make_result(std::move(s), "cosine_similarity", backward, a, b);
+  }
 }
 
 #ifdef FLSL_GRADCHECK_ROWS

@@ -103,27 +103,92 @@ void softmax_backward_rows(const T* y, const T* g, T* dx, bool add, index_t r0, 
   }
 }
 
-template <bool Log, class T, class D>
-Var<T, D> softmax_along(const Var<T, D>& x, int axis, const char* op) {
-  static_assert(std::is_same_v<D, cpu>, "flsl::softmax: only the CPU version is included");
-  FLSL_CHECK(x.rank() >= 1, op, ": needs rank >= 1, got shape ", x.shape());
-  const int a = x.shape().normalize_axis(axis);
-  const index_t n = x.size(a), rows = n ? x.numel() / n : 0;
-  const Tensor<T, D> xr = rows_along(x.value(), a);  // [..., n]
-  auto yr = Tensor<T, D>::empty(xr.shape());         // [..., n]
-  parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-    softmax_forward_rows<Log>(xr.data(), yr.data(), r0, r1, n);
-  });
-  auto backward = [a, n, rows](autograd::node<T, D>& out) {
-    const Tensor<T, D> y = rows_along(out.value, a);  // the forward's rows again: no copy
-    const Tensor<T, D> g = rows_along(out.grad, a);
-    accumulate_rows_grad(*out.inputs[0], out.value.shape(), a, [&](T* dx, bool add) {
-      parallel_rows(rows, n, [&](index_t r0, index_t r1) {
-        softmax_backward_rows<Log>(y.data(), g.data(), dx, add, r0, r1, n);
-      });
+}  // namespace detail
+
+// The CUDA kernels of softmax's cuda path, defined in flsl/backend/cuda/kernels/softmax.cuh
+// (included by <flsl/backend/cuda.cuh>, nvcc only): the implementations behind
+// cuda_ops::softmax_forward / log_softmax_forward / softmax_backward / log_softmax_backward,
+// declared here (those public forms have default arguments, which a declaration must not
+// repeat) so that this header stays free of CUDA headers.
+namespace cuda_ops::detail {
+template <bool Log, class T>
+void softmax_forward(const Tensor<T, cuda>& x, const Tensor<T, cuda>& y, const char* op);
+template <bool Log, class T>
+void softmax_backward(const Tensor<T, cuda>& y, const Tensor<T, cuda>& g, const Tensor<T, cuda>& dx,
+                      bool add, const char* op);
+}  // namespace cuda_ops::detail
+
+namespace detail {
+
+/// accumulate_rows_grad for kernels that take tensors: `kernel(dx, add)` writes (add = false) or
+/// adds (add = true) the gradient rows into dx, a contiguous tensor of the row layout of `full`
+/// (`axis` moved last): the input's own gradient when possible, else a temporary that is then
+/// accumulated.
+template <class T, class D, class Kernel>
+void accumulate_rows_grad_tensor(autograd::node<T, D>& in, const Shape& full, int axis,
+                                 Kernel&& kernel) {
+  const int a = full.normalize_axis(axis);
+  if (a == full.rank() - 1 && in.value.shape() == full) {
+    if (!in.grad.defined()) {
+      in.grad = Tensor<T, D>::empty(full);
+      kernel(in.grad, false);
+      return;
+    }
+    if (in.grad.is_contiguous()) {
+      kernel(in.grad, true);
+      return;
+    }
+  }
+  auto dx = Tensor<T, D>::empty(axis_last_shape(full, a));  // [..., n]
+  kernel(dx, false);
+  in.accumulate(move_last_axis_to(dx, a));
+}
+
+/// The cuda path of softmax / log_softmax (rank checked, `a` normalised): the rows along `a`
+/// made contiguous (a view when `a` is last and x contiguous), cuda_ops' row kernels forward and
+/// backward (the same arithmetic as the CPU rows: max subtracted, sum in double).
+template <bool Log, class T>
+Var<T, cuda> softmax_cuda(const Var<T, cuda>& x, int a, const char* op) {
+  using Dev = cuda;
+  const Tensor<T, Dev> xr = rows_along(x.value(), a);  // [..., n]
+  auto yr = Tensor<T, Dev>::empty(xr.shape());         // [..., n]
+  if (xr.numel() > 0) cuda_ops::detail::softmax_forward<Log>(xr, yr, op);
+  auto backward = [a, op](autograd::node<T, Dev>& out) {
+    auto& in = *out.inputs[0];
+    if (!in.requires_grad) return;
+    const Tensor<T, Dev> y = rows_along(out.value, a);  // the forward's rows again: no copy
+    const Tensor<T, Dev> g = rows_along(out.grad, a);
+    accumulate_rows_grad_tensor(in, out.value.shape(), a, [&](const Tensor<T, Dev>& dx, bool add) {
+      if (y.numel() > 0) cuda_ops::detail::softmax_backward<Log>(y, g, dx, add, op);
     });
   };
-  return Var<T, D>::make_result(move_last_axis_to(yr, a), op, backward, x);
+  return Var<T, Dev>::make_result(move_last_axis_to(yr, a), op, backward, x);
+}
+
+template <bool Log, class T, class D>
+Var<T, D> softmax_along(const Var<T, D>& x, int axis, const char* op) {
+  FLSL_CHECK(x.rank() >= 1, op, ": needs rank >= 1, got shape ", x.shape());
+  const int a = x.shape().normalize_axis(axis);
+  if constexpr (!std::is_same_v<D, cpu>) {
+    return softmax_cuda<Log>(x, a, op);
+  } else {
+    const index_t n = x.size(a), rows = n ? x.numel() / n : 0;
+    const Tensor<T, D> xr = rows_along(x.value(), a);  // [..., n]
+    auto yr = Tensor<T, D>::empty(xr.shape());         // [..., n]
+    parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+      softmax_forward_rows<Log>(xr.data(), yr.data(), r0, r1, n);
+    });
+    auto backward = [a, n, rows](autograd::node<T, D>& out) {
+      const Tensor<T, D> y = rows_along(out.value, a);  // the forward's rows again: no copy
+      const Tensor<T, D> g = rows_along(out.grad, a);
+      accumulate_rows_grad(*out.inputs[0], out.value.shape(), a, [&](T* dx, bool add) {
+        parallel_rows(rows, n, [&](index_t r0, index_t r1) {
+          softmax_backward_rows<Log>(y.data(), g.data(), dx, add, r0, r1, n);
+        });
+      });
+    };
+    return Var<T, D>::make_result(move_last_axis_to(yr, a), op, backward, x);
+  }
 }
 
 }  // namespace detail
