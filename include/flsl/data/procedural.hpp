@@ -1,6 +1,7 @@
-// Built-in procedural dataset: images of any size with several textured, occluding objects of 8
-// classes on a textured background, with per-pixel class and instance masks; integer arithmetic
-// only, so a (seed, split, index) gives the same image on every machine and compiler.
+// Built-in procedural dataset: images of any size with several large, textured, occluding objects
+// of 8 classes on a smooth, low-contrast background, with per-pixel class and instance masks;
+// integer arithmetic only, so a (seed, split, index) gives the same image on every machine and
+// compiler.
 #pragma once
 
 #include <algorithm>
@@ -180,8 +181,13 @@ class ProceduralDataset {
       return std::array<int, 3>{int(draw(256)), int(draw(256)), int(draw(256))};
     };
 
-    // background: two colours blended by two crossing triangle waves, plus pixel noise
-    const auto b1 = colour(), b2 = colour();
+    // background: two close colours (at most 40 apart per channel) blended by two crossing
+    // triangle waves, plus pixel noise: any colour, but smooth and of low contrast, where every
+    // object is textured in two contrasting colours (except the plain ring)
+    const auto b1 = colour();
+    std::array<int, 3> b2{};
+    for (int c = 0; c < 3; ++c)
+      b2[std::size_t(c)] = std::clamp(b1[std::size_t(c)] + int(draw(81)) - 40, 0, 255);
     const std::int64_t fx1 = 1 + draw(3), fy1 = draw(3), fx2 = draw(3), fy2 = 1 + draw(3);
     const std::int64_t p1 = 24 + draw(48), p2 = 24 + draw(48);
     const std::uint64_t noise_salt = g.next_u32();
@@ -194,7 +200,7 @@ class ProceduralDataset {
       o.cls = int(draw(procedural_num_classes));
       o.cx = draw(16 * std::int64_t(W));
       o.cy = draw(16 * std::int64_t(H));
-      o.r = side / 10 + draw(side * 18 / 100 + 1);
+      o.r = side * 16 / 100 + draw(side * 20 / 100 + 1);
       const int angle = int(draw(64));
       o.cs = detail::sin_q14(angle + 16);
       o.sn = detail::sin_q14(angle);
