@@ -33,3 +33,16 @@ function(flsl_add_benchmark)
   flsl_project_target(${B_NAME})
   target_link_libraries(${B_NAME} PRIVATE benchmark::benchmark)
 endfunction()
+
+# A target with CUDA sources (after flsl_project_target): links flsl::cuda; nvcc's warnings and the
+# host compiler's are errors, as for the CUDA tests (tests/cuda/CMakeLists.txt).
+function(flsl_cuda_target target)
+  target_link_libraries(${target} PRIVATE flsl_cuda)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Wall,-Wextra,-Werror>)
+  # GCC 12's -Wmaybe-uninitialized false positives through nvcc's host code (as for the tests)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wno-maybe-uninitialized,-Wno-uninitialized>)
+  endif()
+endfunction()

@@ -137,12 +137,131 @@ struct knn_params {
   /// Memory entries vote with the class fractions of their pixels (true) or their majority class.
   bool soft_labels = true;
   index_t query_chunk = 1024;  // validation patches per similarity product
+  /// Subtract from every feature the mean memory feature at its grid position (then normalise
+  /// again), so that what all images share at a position does not decide the neighbours.
+  bool center_positions = false;
+  /// Subtract from every feature the mean feature of its own image (then normalise again), so
+  /// that what all patches of an image share does not decide the neighbours.
+  bool center_images = false;
+  /// Also fit and score a linear probe on the same features (linear_probe_segmentation).
+  bool linear_probe = false;
 };
+
+/// Subtracts from every token of `f` [n, N, D] the mean token of its image and L2-normalises
+/// it again (in place).
+inline void center_images(Tensor<float>& f) {
+  f = f.contiguous();
+  const index_t N = f.size(1), D = f.size(2);
+  tbb::parallel_for(index_t(0), f.size(0), [&](index_t i) {
+    float* img = f.data() + i * N * D;
+    std::vector<double> mean(std::size_t(D), 0.0);
+    for (index_t t = 0; t < N; ++t)
+      for (index_t c = 0; c < D; ++c) mean[std::size_t(c)] += img[t * D + c];
+    for (double& v : mean) v /= double(N);
+    for (index_t t = 0; t < N; ++t) {
+      float* z = img + t * D;
+      double sq = 0;
+      for (index_t c = 0; c < D; ++c) {
+        z[c] = float(double(z[c]) - mean[std::size_t(c)]);
+        sq += double(z[c]) * double(z[c]);
+      }
+      const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
+      for (index_t c = 0; c < D; ++c) z[c] = float(double(z[c]) * inv);
+    }
+  });
+}
+
+/// Subtracts the mean of `memory` [n, N, D] at each of the N positions from `memory` and
+/// `queries` [m, N, D] and L2-normalises every token again (in place).
+inline void center_positions(Tensor<float>& memory, Tensor<float>& queries) {
+  FLSL_CHECK(memory.size(1) == queries.size(1) && memory.size(2) == queries.size(2),
+             "center_positions: memory ", memory.shape(), " and queries ", queries.shape(),
+             " differ in tokens or features");
+  memory = memory.contiguous();
+  queries = queries.contiguous();
+  const index_t n = memory.size(0), N = memory.size(1), D = memory.size(2);
+  std::vector<double> mean(std::size_t(N * D), 0.0);
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < N * D; ++j) mean[std::size_t(j)] += memory.data()[i * N * D + j];
+  for (double& v : mean) v /= double(n);
+  for (Tensor<float>* t : {&memory, &queries})
+    tbb::parallel_for(index_t(0), t->size(0) * N, [&](index_t r) {
+      float* z = t->data() + r * D;
+      const double* m = mean.data() + (r % N) * D;
+      double sq = 0;
+      for (index_t c = 0; c < D; ++c) {
+        z[c] = float(double(z[c]) - m[c]);
+        sq += double(z[c]) * double(z[c]);
+      }
+      const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
+      for (index_t c = 0; c < D; ++c) z[c] = float(double(z[c]) * inv);
+    });
+}
+
+/// Mean cosines of the validation features [n, N, D] (L2-normalised): between tokens at the
+/// same grid position in different images, between different tokens of the same image, and
+/// between any two tokens of different images. Random ViT features are positional (a high
+/// same-position cosine); collapsed ones have every cosine near 1; features that group objects
+/// have a within-image cosine well below 1 and a same-position cosine near the across-image one.
+struct feature_statistics {
+  double same_position_cos = 0, within_image_cos = 0, across_image_cos = 0;
+};
+
+inline feature_statistics feature_cosines(const Tensor<float>& features) {
+  const Tensor<float> f = features.contiguous();
+  const index_t n = f.size(0), N = f.size(1), D = f.size(2);
+  FLSL_CHECK(n >= 2 && N >= 2, "feature_cosines: need 2+ images of 2+ tokens, got ", f.shape());
+  // the mean pairwise cosine of m unit vectors is (||sum||^2 - m) / (m (m - 1))
+  auto pair_mean = [](const std::vector<double>& sum, double m, double sq_extra = 0) {
+    double sq = 0;
+    for (double v : sum) sq += v * v;
+    return (sq - sq_extra - m) / (m * (m - 1));
+  };
+  std::vector<double> total(std::size_t(D), 0.0);
+  std::vector<std::vector<double>> per_pos(std::size_t(N),
+                                           std::vector<double>(std::size_t(D), 0.0));
+  double within = 0, same_image_sq = 0;
+  for (index_t i = 0; i < n; ++i) {
+    std::vector<double> img(std::size_t(D), 0.0);
+    for (index_t t = 0; t < N; ++t) {
+      const float* z = f.data() + (i * N + t) * D;
+      auto& pp = per_pos[std::size_t(t)];
+      for (index_t c = 0; c < D; ++c) {
+        img[std::size_t(c)] += z[c];
+        pp[std::size_t(c)] += z[c];
+      }
+    }
+    within += pair_mean(img, double(N));
+    for (index_t c = 0; c < D; ++c) {
+      total[std::size_t(c)] += img[std::size_t(c)];
+      same_image_sq += img[std::size_t(c)] * img[std::size_t(c)];
+    }
+  }
+  feature_statistics s;
+  s.within_image_cos = within / double(n);
+  double same = 0;
+  for (const auto& pp : per_pos) same += pair_mean(pp, double(n));
+  s.same_position_cos = same / double(N);
+  // pairs of tokens of different images: all pairs minus the pairs within one image
+  double tsq = 0;
+  for (double v : total) tsq += v * v;
+  const double M = double(n * N);
+  s.across_image_cos = (tsq - same_image_sq) / (M * M - double(n) * double(N) * double(N));
+  return s;
+}
 
 struct knn_result {
   double miou = 0;  // mean IoU over the classes present in the labels or predictions
   double pixel_accuracy = 0;
   std::vector<double> iou;  // per class; NaN when a class is in neither
+  /// IoU of "any object class" against the background class (class 0): whether the features
+  /// tell objects from background at all, whatever the class.
+  double foreground_iou = 0;
+  feature_statistics features;  // of the validation features (the backbone overload fills it)
+  /// The linear probe's mIoU and foreground IoU on the same features (the backbone overload,
+  /// with knn_params::linear_probe); NaN when not run.
+  double probe_miou = std::numeric_limits<double>::quiet_NaN();
+  double probe_foreground_iou = std::numeric_limits<double>::quiet_NaN();
   index_t memory_patches = 0, val_images = 0;
   double seconds = 0;
 };
@@ -202,6 +321,44 @@ inline void score_confusion(const std::vector<std::int64_t>& conf, int C, knn_re
   }
   r.miou = present ? sum / present : 0.0;
   r.pixel_accuracy = total > 0 ? correct / total : 0.0;
+  // foreground (classes 1..C-1) against background (class 0)
+  double fg_tp = 0, fg_fn = 0, fg_fp = 0;
+  for (int t = 0; t < C; ++t)
+    for (int o = 0; o < C; ++o) {
+      const double v = double(conf[std::size_t(t * C + o)]);
+      if (t > 0 && o > 0) fg_tp += v;
+      if (t > 0 && o == 0) fg_fn += v;
+      if (t == 0 && o > 0) fg_fp += v;
+    }
+  r.foreground_iou = fg_tp + fg_fn + fg_fp > 0 ? fg_tp / (fg_tp + fg_fn + fg_fp) : 0.0;
+}
+
+/// mIoU of per-patch class scores [val.count * G * G, C] (G = val.size / patch): upsampled
+/// bilinearly to pixels, argmax, confusion against the masks (ignore_index skipped).
+inline knn_result score_patch_predictions(const std::vector<float>& scores,
+                                          const segmentation_set& val, index_t patch, int C,
+                                          int ignore_index) {
+  const index_t S = val.size, G = S / patch;
+  std::vector<std::vector<std::int64_t>> conf_per(static_cast<std::size_t>(val.count),
+                                                  std::vector<std::int64_t>(std::size_t(C * C)));
+  tbb::parallel_for(index_t(0), val.count, [&](index_t i) {
+    std::vector<std::uint8_t> pred(static_cast<std::size_t>(S * S));
+    upsample_argmax(scores.data() + i * G * G * C, G, C, S, pred.data());
+    const std::uint8_t* truth = val.mask(i);
+    auto& conf = conf_per[std::size_t(i)];
+    for (index_t j = 0; j < S * S; ++j) {
+      const int t = truth[j];
+      if (t == ignore_index || t >= C) continue;
+      ++conf[std::size_t(t * C + pred[std::size_t(j)])];
+    }
+  });
+  std::vector<std::int64_t> conf(std::size_t(C * C), 0);
+  for (const auto& c : conf_per)
+    for (std::size_t j = 0; j < c.size(); ++j) conf[j] += c[j];
+  knn_result r;
+  score_confusion(conf, C, r);
+  r.val_images = val.count;
+  return r;
 }
 
 /// k-NN segmentation of `val` with `train` as the memory. `train_features` and `val_features` are
@@ -267,28 +424,113 @@ inline knn_result knn_segmentation(const Tensor<float>& train_features,
       }
     });
   }
-  // pixels: upsample, argmax, confusion
-  const index_t S = val.size;
-  std::vector<std::vector<std::int64_t>> conf_per(static_cast<std::size_t>(val.count),
-                                                  std::vector<std::int64_t>(std::size_t(C * C)));
-  tbb::parallel_for(index_t(0), val.count, [&](index_t i) {
-    std::vector<std::uint8_t> pred(static_cast<std::size_t>(S * S));
-    upsample_argmax(scores.data() + i * G * G * C, G, C, S, pred.data());
-    const std::uint8_t* truth = val.mask(i);
-    auto& conf = conf_per[std::size_t(i)];
-    for (index_t j = 0; j < S * S; ++j) {
-      const int t = truth[j];
-      if (t == p.ignore_index || t >= C) continue;
-      ++conf[std::size_t(t * C + pred[std::size_t(j)])];
-    }
-  });
-  std::vector<std::int64_t> conf(std::size_t(C * C), 0);
-  for (const auto& c : conf_per)
-    for (std::size_t j = 0; j < c.size(); ++j) conf[j] += c[j];
-  knn_result r;
-  score_confusion(conf, C, r);
+  knn_result r = score_patch_predictions(scores, val, patch, C, p.ignore_index);
   r.memory_patches = M;
   r.val_images = val.count;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+struct linear_probe_params {
+  int num_classes = data::procedural_num_classes + 1;
+  int ignore_index = 255;
+  index_t iterations = 300;  // full-batch Adam steps
+  double lr = 0.05;
+  double weight_decay = 1e-4;  // L2 penalty on the weights (not the bias)
+};
+
+/// Linear probe segmentation (FLSL_SPEC.md §7): a softmax regression from a patch's feature
+/// (standardised with the memory's per-channel mean and deviation) to the class fractions of its
+/// pixels, fitted on every labelled training patch by full-batch Adam from zeros (deterministic),
+/// then scored like the k-NN (class scores of the validation patches upsampled to pixels).
+inline knn_result linear_probe_segmentation(const Tensor<float>& train_features,
+                                            const segmentation_set& train,
+                                            const Tensor<float>& val_features,
+                                            const segmentation_set& val, index_t patch,
+                                            const linear_probe_params& p = {}) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int C = p.num_classes;
+  const index_t D = train_features.size(2), G = val.size / patch;
+  FLSL_CHECK(train_features.size(1) == (train.size / patch) * (train.size / patch) &&
+                 val_features.size(1) == G * G && val_features.size(2) == D,
+             "linear_probe_segmentation: features ", train_features.shape(), " and ",
+             val_features.shape(), " do not match ", train.size, " and ", val.size,
+             " px images with patch ", patch);
+  const std::vector<float> fractions = patch_class_fractions(train, patch, C);
+  const Tensor<float> tf = train_features.contiguous(), vf = val_features.contiguous();
+  const index_t Mall = tf.size(0) * tf.size(1);
+  // standardisation from the memory
+  std::vector<double> mu(std::size_t(D), 0.0), sd(std::size_t(D), 0.0);
+  for (index_t i = 0; i < Mall; ++i)
+    for (index_t c = 0; c < D; ++c) mu[std::size_t(c)] += tf.data()[i * D + c];
+  for (double& v : mu) v /= double(Mall);
+  for (index_t i = 0; i < Mall; ++i)
+    for (index_t c = 0; c < D; ++c) {
+      const double d = tf.data()[i * D + c] - mu[std::size_t(c)];
+      sd[std::size_t(c)] += d * d;
+    }
+  for (double& v : sd) v = std::max(std::sqrt(v / double(Mall)), 1e-6);
+  auto standardise = [&](const Tensor<float>& f) {
+    const index_t rows = f.size(0) * f.size(1);
+    auto x = Tensor<float>::empty({rows, D + 1});  // the last column is 1 (bias)
+    tbb::parallel_for(index_t(0), rows, [&](index_t i) {
+      for (index_t c = 0; c < D; ++c)
+        x.data()[i * (D + 1) + c] =
+            float((f.data()[i * D + c] - mu[std::size_t(c)]) / sd[std::size_t(c)]);
+      x.data()[i * (D + 1) + D] = 1.0f;
+    });
+    return x;
+  };
+  // the labelled memory patches and their targets (fractions renormalised to sum 1)
+  const Tensor<float> xall = standardise(tf);
+  std::vector<index_t> keep;
+  for (index_t i = 0; i < Mall; ++i) {
+    float labelled = 0;
+    for (int c = 0; c < C; ++c) labelled += fractions[std::size_t(i * C + c)];
+    if (labelled > 0) keep.push_back(i);
+  }
+  const index_t M = index_t(keep.size());
+  FLSL_CHECK(M > 0, "linear_probe_segmentation: no labelled training patch");
+  auto x = Tensor<float>::empty({M, D + 1});
+  auto y = Tensor<float>::empty({M, C});
+  for (index_t i = 0; i < M; ++i) {
+    const index_t src = keep[std::size_t(i)];
+    std::copy_n(xall.data() + src * (D + 1), D + 1, x.data() + i * (D + 1));
+    float labelled = 0;
+    for (int c = 0; c < C; ++c) labelled += fractions[std::size_t(src * C + c)];
+    for (int c = 0; c < C; ++c)
+      y.data()[i * C + c] = fractions[std::size_t(src * C + c)] / labelled;
+  }
+  // softmax regression by full-batch Adam: W [D + 1, C]
+  auto W = Tensor<float>::zeros({D + 1, C});
+  std::vector<double> m1(std::size_t((D + 1) * C), 0.0), m2(m1.size(), 0.0);
+  const Tensor<float> xt = x.t().contiguous();  // [D + 1, M]
+  for (index_t it = 1; it <= p.iterations; ++it) {
+    Tensor<float> logits = matmul(x, W);  // [M, C]
+    tbb::parallel_for(index_t(0), M, [&](index_t i) {
+      float* l = logits.data() + i * C;
+      const float mx = *std::max_element(l, l + C);
+      double z = 0;
+      for (int c = 0; c < C; ++c) z += std::exp(double(l[c] - mx));
+      for (int c = 0; c < C; ++c)  // d(mean soft cross-entropy) / d logits
+        l[c] = float((std::exp(double(l[c] - mx)) / z - y.data()[i * C + c]) / double(M));
+    });
+    const Tensor<float> grad = matmul(xt, logits);  // [D + 1, C]
+    const double b1 = 0.9, b2 = 0.999, bc1 = 1 - std::pow(b1, double(it)),
+                 bc2 = 1 - std::pow(b2, double(it));
+    for (index_t j = 0; j < (D + 1) * C; ++j) {
+      const bool is_bias = j / C == D;
+      const double g = double(grad.data()[j]) + (is_bias ? 0.0 : p.weight_decay * W.data()[j]);
+      m1[std::size_t(j)] = b1 * m1[std::size_t(j)] + (1 - b1) * g;
+      m2[std::size_t(j)] = b2 * m2[std::size_t(j)] + (1 - b2) * g * g;
+      W.data()[j] -=
+          float(p.lr * (m1[std::size_t(j)] / bc1) / (std::sqrt(m2[std::size_t(j)] / bc2) + 1e-8));
+    }
+  }
+  const Tensor<float> logits = matmul(standardise(vf), W);  // [Q, C]
+  std::vector<float> scores(logits.data(), logits.data() + logits.numel());
+  knn_result r = score_patch_predictions(scores, val, patch, C, p.ignore_index);
+  r.memory_patches = M;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }
@@ -298,9 +540,24 @@ template <class Backbone>
 knn_result knn_segmentation(const Backbone& backbone, const segmentation_set& train,
                             const segmentation_set& val, index_t patch, const knn_params& p = {}) {
   const auto t0 = std::chrono::steady_clock::now();
-  const Tensor<float> ft = patch_features(backbone, train.images);
-  const Tensor<float> fv = patch_features(backbone, val.images);
+  Tensor<float> ft = patch_features(backbone, train.images);
+  Tensor<float> fv = patch_features(backbone, val.images);
+  const feature_statistics stats = feature_cosines(fv);
+  if (p.center_images) {
+    center_images(ft);
+    center_images(fv);
+  }
+  if (p.center_positions) center_positions(ft, fv);
   knn_result r = knn_segmentation(ft, train, fv, val, patch, p);
+  r.features = stats;
+  if (p.linear_probe) {
+    linear_probe_params lp;
+    lp.num_classes = p.num_classes;
+    lp.ignore_index = p.ignore_index;
+    const knn_result probe = linear_probe_segmentation(ft, train, fv, val, patch, lp);
+    r.probe_miou = probe.miou;
+    r.probe_foreground_iou = probe.foreground_iou;
+  }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

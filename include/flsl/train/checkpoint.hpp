@@ -133,10 +133,14 @@ void save_checkpoint(const std::filesystem::path& path, const optim::named_vars<
                      const checkpoint_header& h) {
   std::vector<io::named_tensor> tensors;
   tensors.reserve(student.size() * 5);
-  for (const auto& [name, p] : student) tensors.push_back({"student." + name, p.value()});
-  for (const auto& [name, p] : teacher) tensors.push_back({"teacher." + name, p.value()});
+  // host tensors: on the CPU the tensors themselves, on a device a copy (the same names, dtypes and
+  // shapes on every device, so that a checkpoint continues on another)
+  for (const auto& [name, p] : student)
+    tensors.push_back({"student." + name, p.value().template to<cpu>()});
+  for (const auto& [name, p] : teacher)
+    tensors.push_back({"teacher." + name, p.value().template to<cpu>()});
   adam.for_each_state_tensor([&](const std::string& name, const Tensor<T, D>& t) {
-    tensors.push_back({"optimizer." + name, t});
+    tensors.push_back({"optimizer." + name, t.template to<cpu>()});
   });
   for (const auto& [name, step] : adam.step_counts())
     tensors.push_back({"optimizer." + name, Tensor<std::int64_t>::scalar(step)});
@@ -222,10 +226,13 @@ checkpoint_header load_checkpoint(const std::filesystem::path& path,
   for (const auto& [name, p] : teacher) check("teacher." + name, p.shape());
   for (const auto& [name, t] : adam.state_tensors()) check("optimizer." + name, t.shape());
   for (const auto& [name, step] : adam.step_counts()) check("optimizer." + name, Shape{});
-  for (const auto& [name, p] : student) p.value().copy_from(f.get_as<T>("student." + name));
-  for (const auto& [name, p] : teacher) p.value().copy_from(f.get_as<T>("teacher." + name));
+  // read on the host, copied to D (on the CPU: no copy)
+  for (const auto& [name, p] : student)
+    p.value().copy_from(f.get_as<T>("student." + name).template to<D>());
+  for (const auto& [name, p] : teacher)
+    p.value().copy_from(f.get_as<T>("teacher." + name).template to<D>());
   for (const auto& [name, t] : adam.state_tensors())
-    adam.load_state_tensor(name, f.get_as<T>("optimizer." + name));
+    adam.load_state_tensor(name, f.get_as<T>("optimizer." + name).template to<D>());
   for (const auto& [name, step] : adam.step_counts()) {
     const std::string pname = name.substr(std::string_view("step.").size());
     adam.set_step_count(pname, f.get<std::int64_t>("optimizer." + name).item());

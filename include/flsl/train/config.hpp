@@ -43,7 +43,8 @@ struct run_config {
   std::string device = "cpu";
   std::string
       resume;  // checkpoint to continue from; empty: <out>/checkpoint_last.safetensors if any
-  bool fresh = false;  // ignore a checkpoint in <out> and start again
+  bool fresh = false;      // ignore a checkpoint in <out> and start again
+  bool eval_only = false;  // evaluate the checkpoint (or the random weights) and stop
   std::string export_path;
   std::string config_file;
   index_t max_steps = 0;         // stop (with a checkpoint) once this many iterations are done
@@ -104,6 +105,9 @@ struct run_config {
   index_t eval_size = 224;
   index_t knn_k = 20;
   double knn_temperature = 0.07;
+  bool knn_center_positions = false;
+  bool knn_center_images = false;
+  bool linear_probe = false;
   index_t pictures = 4;
   index_t kmeans_clusters = 6;
 };
@@ -119,6 +123,7 @@ struct experiment_info {
   std::vector<arch_choice> archs;
   index_t out_dim = 4096;
   bool norm_last_layer = true;
+  bool cuda = false;    // the binary can train with --device cuda (built with the CUDA backend)
   run_config defaults;  // the spec's defaults after the experiment's changes
 };
 
@@ -569,6 +574,11 @@ inline const std::vector<option>& options() {
                     "dense k-NN segmentation (mIoU) of the procedural validation split and "
                     "pictures at the start and the end",
                     &run_config::eval));
+    add(make_option("eval_only", ev, "",
+                    "evaluate and stop: the k-NN segmentation and pictures of the checkpoint "
+                    "that --resume or <out> holds (or of the random weights when there is none), "
+                    "without training or writing a checkpoint",
+                    &run_config::eval_only));
     add(make_option("eval_every", ev, "N", "also evaluate every N epochs (0: start and end only)",
                     &run_config::eval_every, at_least(0)));
     add(make_option("eval_train_images", ev, "N", "procedural training images of the k-NN memory",
@@ -580,6 +590,16 @@ inline const std::vector<option>& options() {
     add(make_option("knn_k", ev, "K", "neighbours per patch", &run_config::knn_k, at_least(1)));
     add(make_option("knn_temperature", ev, "T", "vote weight exp(cos / T)",
                     &run_config::knn_temperature, positive()));
+    add(make_option("knn_center_positions", ev, "",
+                    "subtract the mean memory feature at each grid position before the k-NN",
+                    &run_config::knn_center_positions));
+    add(make_option("knn_center_images", ev, "",
+                    "subtract each image's mean feature from its patches before the k-NN",
+                    &run_config::knn_center_images));
+    add(make_option("linear_probe", ev, "",
+                    "also fit a linear probe (softmax regression) on the k-NN memory's patches "
+                    "and report its mIoU",
+                    &run_config::linear_probe));
     add(make_option("pictures", ev, "N",
                     "validation images in the attention / k-means pictures (0: none)",
                     &run_config::pictures, at_least(0)));
@@ -697,11 +717,10 @@ inline void validate(const run_config& c, const experiment_info& info) {
   if (!arch_ok)
     fail("invalid value for --patch: ", c.arch, "/", c.patch, " is not built into ", info.name,
          " (it has ", choices, ")");
-  if (c.device == "cuda")
+  if (c.device == "cuda" && !info.cuda)
     fail("--device cuda: ", info.name,
-         " was not built with the CUDA backend yet: the CUDA backend has tensors, expressions, "
-         "reductions and GEMM but not yet the ops of the training step (docs/cuda.md); use "
-         "--device cpu");
+         " was not built with the CUDA backend (configure with nvcc found, or "
+         "-DFLSL_WITH_CUDA=ON; docs/cuda.md); use --device cpu");
   if (c.out_dim != info.out_dim)
     fail("invalid value for --out_dim: ", c.out_dim, "; the experiment '", info.name,
          "' fixes out_dim = ", info.out_dim,

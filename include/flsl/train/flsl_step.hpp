@@ -33,8 +33,9 @@ struct flsl_step_result {
   std::vector<double> grad_norms;
 };
 
-/// Copies every parameter value of `src` into `dst` (same module type; names must match).
-template <nn::module M>
+/// Copies every parameter value of `src` into `dst` (same module type; names must match). Not
+/// constrained by nn::module: nvcc 13 rejects that concept's generic-lambda requirement.
+template <class M>
 void copy_parameters(M& dst, M& src) {
   auto d = nn::named_parameters(dst);
   auto s = nn::named_parameters(src);
@@ -47,8 +48,27 @@ void copy_parameters(M& dst, M& src) {
   }
 }
 
+/// A batch of views on device D: every tensor copied from the host (host -> device through the
+/// backend's pinned staging buffers on cuda; on the CPU the tensors themselves, no copy).
+template <class D, class T>
+flsl_views<T, D> views_to(const flsl_views<T, cpu>& v) {
+  flsl_views<T, D> out;
+  auto move = [](const auto& t) {
+    using U = typename std::remove_cvref_t<decltype(t)>::value_type;
+    return t.defined() ? t.template to<D>() : Tensor<U, D>{};
+  };
+  out.teacher = move(v.teacher);
+  out.global = move(v.global);
+  out.local = move(v.local);
+  out.query_global = move(v.query_global);
+  out.query_local = move(v.query_local);
+  out.locals = v.locals;
+  return out;
+}
+
 /// Trains a student/teacher pair of backbone_with_head modules with FLSL. The teacher starts as a
-/// copy of the student and is only ever updated by the EMA.
+/// copy of the student and is only ever updated by the EMA. D is cpu or cuda (the modules, the
+/// batches and the optimizer live there; the drop-path masks are drawn on the host and copied).
 template <class Net, class T, class D = cpu>
 class flsl_learner {
  public:
@@ -117,8 +137,9 @@ class flsl_learner {
         if (rate <= 0) continue;
         Generator ga(state_.seed, mix_stream(0xD20Bu, std::uint64_t(state_.iteration), view, i, 0));
         Generator gm(state_.seed, mix_stream(0xD20Bu, std::uint64_t(state_.iteration), view, i, 1));
-        out[std::size_t(i)].attn = drop_path_mask<T>(batch_size, rate, ga);
-        out[std::size_t(i)].mlp = drop_path_mask<T>(batch_size, rate, gm);
+        // drawn on the host (the same masks on every device), copied to D (a no-op on the CPU)
+        out[std::size_t(i)].attn = drop_path_mask<T>(batch_size, rate, ga).template to<D>();
+        out[std::size_t(i)].mlp = drop_path_mask<T>(batch_size, rate, gm).template to<D>();
       }
     };
     fill(d.global, batch.global.size(0), 0);

@@ -196,6 +196,10 @@ inline bool is_process_option(const std::string& name) {
                                           "eval_size",
                                           "knn_k",
                                           "knn_temperature",
+                                          "knn_center_positions",
+                                          "knn_center_images",
+                                          "linear_probe",
+                                          "eval_only",
                                           "pictures",
                                           "kmeans_clusters"};
   return s.count(name) != 0;
@@ -288,23 +292,26 @@ inline resolved_run resolve_run(const parsed_options& p, const experiment_info& 
 // ---- the trainer -------------------------------------------------------------------------------
 
 /// Test and tool hooks: called after every step with the iteration count and the student's
-/// parameters (which a hook may change, e.g. to inject a fault).
-template <class T>
+/// parameters (which a hook may change, e.g. to inject a fault), on the trainer's device.
+template <class T, class D = cpu>
 struct run_hooks {
-  std::function<void(index_t iteration, const optim::named_vars<T>& student)> after_step;
+  std::function<void(index_t iteration, const optim::named_vars<T, D>& student)> after_step;
 };
 
-/// Runs one experiment with one ViT configuration.
+/// Runs one experiment with one ViT configuration, on the experiment's device: the student, the
+/// teacher and the optimizer live there; batches come from the CPU loader and are copied to the
+/// device; checkpoints, the k-NN evaluation, the pictures and the export read a host copy.
 template <experiment Exp, class Cfg>
 class trainer {
  public:
   using T = typename Exp::value_type;
   using Dev = typename Exp::device;
   using net_t = network<Exp, Cfg>;
+  using host_net_t = nn::model<network_spec<Exp, Cfg>, T, cpu>;  // net_t itself on the CPU
   using learner_t = flsl_learner<net_t, T, Dev>;
-  static_assert(std::is_same_v<Dev, cpu>, "the trainer runs on the CPU so far");
+  static constexpr bool on_host = std::is_same_v<Dev, cpu>;
 
-  trainer(resolved_run run, std::string arch_name, run_hooks<T> hooks = {})
+  trainer(resolved_run run, std::string arch_name, run_hooks<T, Dev> hooks = {})
       : run_(std::move(run)),
         c_(run_.config),
         arch_(make_architecture_info<Exp, Cfg>(arch_name)),
@@ -322,7 +329,8 @@ class trainer {
         std::to_string(c_.batch) + ", " + std::to_string(c_.epochs) + " epochs, " +
         std::to_string(
             tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)) +
-        " threads; run folder '" + out_.string() + "'");
+        " threads" + (on_host ? std::string() : ", on " + std::string(Dev::name)) +
+        "; run folder '" + out_.string() + "'");
     make_data();
     make_models();
     if (run_.resume_from) {
@@ -331,7 +339,8 @@ class trainer {
           " (iteration " + std::to_string(pos_.iteration) + ")");
       for (const auto& n : run_.notes) say("  changed on resume: " + n);
     }
-    write_config_json(out_ / "config.json", config_json());
+    // an evaluation leaves the run's configuration as its training wrote it
+    if (!c_.eval_only) write_config_json(out_ / "config.json", config_json());
     log_ = run_log(out_ / "log.jsonl");
     log_.write("run", {{"experiment", Exp::name},
                        {"architecture", arch_.to_json()},
@@ -342,7 +351,9 @@ class trainer {
                                        tbb::global_control::max_allowed_parallelism)}});
     const index_t total = c_.epochs * iters_per_epoch_;
     int status = exit_ok;
-    if (pos_.iteration >= total) {
+    if (c_.eval_only) {
+      evaluate("checkpoint");
+    } else if (pos_.iteration >= total) {
       say("the run in '" + out_.string() + "' is complete (" + std::to_string(c_.epochs) +
           " epochs, " + std::to_string(total) +
           " iterations): nothing to train (--fresh starts again; a larger --epochs extends it)");
@@ -430,6 +441,16 @@ class trainer {
   void make_models() {
     student_ = std::make_unique<net_t>(c_.seed);
     teacher_ = std::make_unique<net_t>(c_.seed);
+    if constexpr (!on_host) {
+      // the CPU's initial weights (a --device cpu run starts from the same values), copied over
+      if (!run_.resume_from) {
+        host_net_t init(c_.seed);
+        auto d = nn::named_parameters(*student_);
+        auto s = nn::named_parameters(init);
+        for (std::size_t i = 0; i < d.size(); ++i)
+          d[i].second.value().copy_from(s[i].second.value().template to<Dev>());
+      }
+    }
     flsl_loss_params lp;
     lp.student_temp = c_.student_temp;
     lp.coef_km = c_.coef_km;
@@ -531,7 +552,7 @@ class trainer {
   }
 
   flsl_views<T, Dev> make_views(const data::Batch& b) const {
-    flsl_views<T, Dev> v;
+    flsl_views<T, cpu> v;
     auto conv = [](const Tensor<float>& x) {
       if constexpr (std::is_same_v<T, float>) {
         return x;
@@ -547,7 +568,27 @@ class trainer {
       v.local = conv(b.local);
       v.query_local = b.local_queries;
     }
-    return v;
+    if constexpr (on_host) {
+      return v;
+    } else {
+      return views_to<Dev>(v);  // host -> device through the pinned staging buffers
+    }
+  }
+
+  /// The teacher on the host: the teacher itself on the CPU; on a device, a host model refreshed
+  /// with a copy of the teacher's weights (the k-NN evaluation, the pictures and the export read
+  /// host memory).
+  host_net_t& host_teacher() {
+    if constexpr (on_host) {
+      return *teacher_;
+    } else {
+      if (!host_teacher_) host_teacher_ = std::make_unique<host_net_t>(c_.seed);
+      auto d = nn::named_parameters(*host_teacher_);
+      auto s = nn::named_parameters(*teacher_);
+      for (std::size_t i = 0; i < d.size(); ++i)
+        d[i].second.value().copy_from(s[i].second.value().template to<cpu>());
+      return *host_teacher_;
+    }
   }
 
   void log_step(const flsl_step_result& res, double dt, double ips) {
@@ -651,17 +692,23 @@ class trainer {
     evaluation::knn_params kp;
     kp.k = c_.knn_k;
     kp.temperature = c_.knn_temperature;
+    kp.center_positions = c_.knn_center_positions;
+    kp.center_images = c_.knn_center_images;
+    kp.linear_probe = c_.linear_probe;
+    const host_net_t& teacher = host_teacher();
     const auto r =
-        evaluation::knn_segmentation(teacher_->backbone, *eval_train_, *eval_val_, Cfg::patch, kp);
+        evaluation::knn_segmentation(teacher.backbone, *eval_train_, *eval_val_, Cfg::patch, kp);
     std::string picture;
     if (c_.pictures > 0) {
-      const std::string name =
-          when == "start" ? "maps_start.png" : "maps_epoch" + three_digits(pos_.epoch) + ".png";
+      const std::string name = when == "start" ? "maps_start.png"
+                               : when == "checkpoint"
+                                   ? "maps_iteration" + std::to_string(pos_.iteration) + ".png"
+                                   : "maps_epoch" + three_digits(pos_.epoch) + ".png";
       evaluation::picture_options po;
       po.images = c_.pictures;
       po.clusters = c_.kmeans_clusters;
       po.seed = c_.seed;
-      evaluation::write_maps_picture(teacher_->backbone, Cfg::heads, Cfg::patch, *eval_val_, po,
+      evaluation::write_maps_picture(teacher.backbone, Cfg::heads, Cfg::patch, *eval_val_, po,
                                      out_ / "pictures" / name);
       picture = "pictures/" + name;
     }
@@ -676,6 +723,15 @@ class trainer {
                         {"knn_miou", r.miou},
                         {"knn_pixel_accuracy", r.pixel_accuracy},
                         {"knn_iou", iou},
+                        {"knn_foreground_iou", r.foreground_iou},
+                        {"same_position_cos", r.features.same_position_cos},
+                        {"within_image_cos", r.features.within_image_cos},
+                        {"across_image_cos", r.features.across_image_cos},
+                        {"probe_miou", c_.linear_probe ? nlohmann::ordered_json(r.probe_miou)
+                                                       : nlohmann::ordered_json()},
+                        {"probe_foreground_iou",
+                         c_.linear_probe ? nlohmann::ordered_json(r.probe_foreground_iou)
+                                         : nlohmann::ordered_json()},
                         {"memory_patches", r.memory_patches},
                         {"val_images", r.val_images},
                         {"seconds", r.seconds},
@@ -693,15 +749,37 @@ class trainer {
                     "start %.1f%% -> end %.1f%% (%+.1f points)",
                     100 * r.miou, 100 * r.pixel_accuracy, 100 * *pos_.start_miou, 100 * r.miou,
                     100 * (r.miou - *pos_.start_miou));
+    } else if (when == "checkpoint") {
+      std::snprintf(buf, sizeof buf,
+                    "k-NN segmentation at iteration %lld (teacher%s): mIoU %.1f%%, pixel accuracy "
+                    "%.1f%%",
+                    (long long)pos_.iteration, pos_.iteration == 0 ? ", random weights" : "",
+                    100 * r.miou, 100 * r.pixel_accuracy);
     } else {
       std::snprintf(
           buf, sizeof buf,
           "k-NN segmentation after epoch %lld (teacher): mIoU %.1f%%, pixel accuracy %.1f%%",
           (long long)pos_.epoch, 100 * r.miou, 100 * r.pixel_accuracy);
     }
-    say(std::string(buf) +
+    char stats[256];
+    std::snprintf(stats, sizeof stats,
+                  "\n  foreground IoU %.1f%%; feature cosines: same position %.2f, within an image "
+                  "%.2f, across images %.2f",
+                  100 * r.foreground_iou, r.features.same_position_cos, r.features.within_image_cos,
+                  r.features.across_image_cos);
+    std::string probe;
+    if (c_.linear_probe)
+      probe = "; linear probe: mIoU " + percent(r.probe_miou) + ", foreground IoU " +
+              percent(r.probe_foreground_iou);
+    say(std::string(buf) + stats + probe +
         (picture.empty() ? "" : "; pictures '" + (out_ / picture).string() + "'"));
     if (when == "start") save_checkpoint_last();  // keeps start_miou for a resumed run
+  }
+
+  static std::string percent(double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f%%", 100 * v);
+    return b;
   }
 
   static std::string three_digits(index_t v) {
@@ -714,7 +792,7 @@ class trainer {
     io::metadata_map meta;
     meta["flsl.experiment"] = Exp::name;
     meta["flsl.iteration"] = std::to_string(pos_.iteration);
-    export_backbone_timm(c_.export_path, teacher_->backbone, arch_, Cfg::base_image, meta);
+    export_backbone_timm(c_.export_path, host_teacher().backbone, arch_, Cfg::base_image, meta);
     say("exported the teacher backbone to '" + c_.export_path +
         "' (timm names; see docs/training.md)");
   }
@@ -722,13 +800,14 @@ class trainer {
   resolved_run run_;
   run_config c_;
   architecture_info arch_;
-  run_hooks<T> hooks_;
+  run_hooks<T, Dev> hooks_;
   std::filesystem::path out_;
   std::unique_ptr<dataset_ref> dataset_;
   data::MultiCropParams crop_;
   std::unique_ptr<data::Loader<dataset_ref>> loader_;
   index_t iters_per_epoch_ = 0;
   std::unique_ptr<net_t> student_, teacher_;
+  std::unique_ptr<host_net_t> host_teacher_;  // on a device: the host copy of host_teacher()
   std::unique_ptr<learner_t> learner_;
   run_position pos_;
   run_log log_;
@@ -741,8 +820,8 @@ class trainer {
 // ---- the entry point of a trainer binary -------------------------------------------------------
 
 namespace detail {
-template <experiment Exp, class T, class A, class... Rest>
-int dispatch_arch(const resolved_run& run, const run_hooks<T>& hooks, arch_list<A, Rest...>) {
+template <experiment Exp, class T, class D, class A, class... Rest>
+int dispatch_arch(const resolved_run& run, const run_hooks<T, D>& hooks, arch_list<A, Rest...>) {
   if (A::name == run.config.arch && A::config::patch == run.config.patch) {
     trainer<Exp, typename A::config> t(run, std::string(A::name), hooks);
     return t.run();
@@ -755,12 +834,21 @@ int dispatch_arch(const resolved_run& run, const run_hooks<T>& hooks, arch_list<
 }
 }  // namespace detail
 
-/// Parses the options (refusing bad ones before any work), resolves a resume, and trains. Returns
-/// the exit status; messages go to stdout, errors to stderr prefixed with the experiment's name.
+/// The `--device cuda` half of a trainer binary, compiled by nvcc in its own translation unit
+/// (train/trainer_cuda.cuh: run_on_cuda<Exp>); null when the binary has no CUDA backend.
+using device_runner = int (*)(const resolved_run&);
+
+/// Parses the options (refusing bad ones before any work), resolves a resume, and trains on the
+/// CPU, or with `--device cuda` through `cuda` (refused when it is null). Returns the exit status;
+/// messages go to stdout, errors to stderr prefixed with the experiment's name.
 template <experiment Exp>
 int run_experiment(const std::vector<std::string>& args,
-                   const run_hooks<typename Exp::value_type>& hooks = {}) {
-  const experiment_info info = make_experiment_info<Exp>();
+                   const run_hooks<typename Exp::value_type>& hooks = {},
+                   device_runner cuda = nullptr) {
+  static_assert(std::is_same_v<typename Exp::device, cpu>,
+                "run_experiment takes the CPU experiment; --device cuda goes through `cuda`");
+  experiment_info info = make_experiment_info<Exp>();
+  info.cuda = cuda != nullptr;
   std::vector<const char*> argv{Exp::name};
   for (const auto& a : args) argv.push_back(a.c_str());
   resolved_run run;
@@ -776,6 +864,7 @@ int run_experiment(const std::vector<std::string>& args,
     return exit_invalid_options;
   }
   try {
+    if (run.config.device == "cuda") return cuda(run);
     return detail::dispatch_arch<Exp>(run, hooks, typename Exp::archs{});
   } catch (const std::exception& e) {
     std::fflush(stdout);
@@ -785,8 +874,8 @@ int run_experiment(const std::vector<std::string>& args,
 }
 
 template <experiment Exp>
-int run_experiment(int argc, char** argv) {
-  return run_experiment<Exp>(std::vector<std::string>(argv + 1, argv + argc));
+int run_experiment(int argc, char** argv, device_runner cuda = nullptr) {
+  return run_experiment<Exp>(std::vector<std::string>(argv + 1, argv + argc), {}, cuda);
 }
 
 }  // namespace flsl::train

@@ -1,0 +1,90 @@
+// The full FLSL step (train/flsl_step.hpp: teacher forward, student forward on the global and 2
+// local views, mean-shift attention, head, the three-term loss, backward, per-tensor clipping,
+// AdamW, EMA) on cuda in f32: vit_small/16 with the spec's head (out_dim 4096), 224 px teacher and
+// student views, 2 local views of 96 px, query windows 3 and 2, at batch 128 and 32, on random
+// data already on the device (as ../shared/bench/torch_flsl_step.py times it). Counters:
+// images_per_s; peak_device_MiB, the caching allocator's largest bytes in use (parameters,
+// optimizer state and activations; not cuBLASLt's workspace or the CUDA context);
+// cuda_mallocs_in_loop, cudaMalloc calls during the timed steps (0 once the cache is warm).
+// Built only with the CUDA backend; without a device each benchmark reports an error and stops.
+// Not yet run on a GPU. scripts/gpu_check.sh runs it next to the PyTorch anchor.
+#include <benchmark/benchmark.h>
+
+#include <flsl/backend/cuda.cuh>
+#include <flsl/data/query_tokens.hpp>
+#include <flsl/flsl.hpp>
+#include <flsl/train/flsl_step.hpp>
+#include <span>
+
+using namespace flsl;
+
+namespace {
+template <class Cfg>
+using flsl_net = nn::model<
+    nn::backbone_with_head<nn::vision_transformer<Cfg>, nn::projection_head<Cfg::dim, 4096>>, float,
+    cuda>;
+
+Tensor<std::int64_t> top_left_queries(index_t rows, int grid, int window) {
+  const int q = data::query_token_count(grid, window);
+  auto t = Tensor<std::int64_t>::empty({rows, q});
+  Generator g(0);
+  for (index_t r = 0; r < rows; ++r)
+    data::sample_query_tokens(grid, window, false, g,
+                              std::span<std::int64_t>(t.data() + r * q, std::size_t(q)));
+  return t;
+}
+
+template <class Cfg>
+void run_step(benchmark::State& st, index_t batch) {
+  if (!cuda_available()) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  cuda_caching_allocator::instance().reset_peak();
+  flsl_net<Cfg> student(1), teacher(1);
+  optim::recipe r;
+  r.epochs = 100;
+  r.iters_per_epoch = 1000;
+  r.total_batch = batch;
+  flsl_learner<flsl_net<Cfg>, float, cuda> learner(student, teacher, r);
+  learner.sync_teacher();
+  learner.state().iteration = 5000;  // past the warm-up and the last-layer freeze
+  flsl_views<float> v;
+  v.teacher = Tensor<float>::randn({batch, 3, 224, 224}, 1);
+  v.global = Tensor<float>::randn({batch, 3, 224, 224}, 2);
+  v.local = Tensor<float>::randn({batch * 2, 3, 96, 96}, 3);
+  v.locals = 2;
+  v.query_global = top_left_queries(batch, 14, 3);
+  v.query_local = top_left_queries(batch * 2, 6, 2);
+  const flsl_views<float, cuda> vg = views_to<cuda>(v);
+  learner.step(vg);  // warm-up: fills the allocator's cache and cuBLASLt's heuristics
+  synchronize();
+  const long long mallocs = cuda_memory().device_allocations;
+  for (auto _ : st) {
+    auto res = learner.step(vg);  // the loss is read on the host: one synchronisation per step
+    benchmark::DoNotOptimize(res.total);
+  }
+  synchronize();
+  st.counters["images_per_s"] =
+      benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["peak_device_MiB"] = double(cuda_memory().peak_in_use) / double(1 << 20);
+  st.counters["cuda_mallocs_in_loop"] = double(cuda_memory().device_allocations - mallocs);
+}
+
+void BM_flsl_step_cuda_vit_small16_b128(benchmark::State& st) {
+  run_step<nn::vit_small<16>>(st, 128);
+}
+void BM_flsl_step_cuda_vit_small16_b32(benchmark::State& st) {
+  run_step<nn::vit_small<16>>(st, 32);
+}
+BENCHMARK(BM_flsl_step_cuda_vit_small16_b32)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(10);
+BENCHMARK(BM_flsl_step_cuda_vit_small16_b128)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(5);
+}  // namespace
+
+BENCHMARK_MAIN();
