@@ -147,6 +147,19 @@ struct knn_params {
   bool linear_probe = false;
 };
 
+namespace detail {
+/// z = (z - m) / ||z - m|| for one token of D features (in double, stored as float).
+inline void subtract_and_normalize(float* z, const double* m, index_t D) {
+  double sq = 0;
+  for (index_t c = 0; c < D; ++c) {
+    z[c] = float(double(z[c]) - m[c]);
+    sq += double(z[c]) * double(z[c]);
+  }
+  const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
+  for (index_t c = 0; c < D; ++c) z[c] = float(double(z[c]) * inv);
+}
+}  // namespace detail
+
 /// Subtracts from every token of `f` [n, N, D] the mean token of its image and L2-normalises
 /// it again (in place).
 inline void center_images(Tensor<float>& f) {
@@ -158,16 +171,7 @@ inline void center_images(Tensor<float>& f) {
     for (index_t t = 0; t < N; ++t)
       for (index_t c = 0; c < D; ++c) mean[std::size_t(c)] += img[t * D + c];
     for (double& v : mean) v /= double(N);
-    for (index_t t = 0; t < N; ++t) {
-      float* z = img + t * D;
-      double sq = 0;
-      for (index_t c = 0; c < D; ++c) {
-        z[c] = float(double(z[c]) - mean[std::size_t(c)]);
-        sq += double(z[c]) * double(z[c]);
-      }
-      const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
-      for (index_t c = 0; c < D; ++c) z[c] = float(double(z[c]) * inv);
-    }
+    for (index_t t = 0; t < N; ++t) detail::subtract_and_normalize(img + t * D, mean.data(), D);
   });
 }
 
@@ -186,15 +190,7 @@ inline void center_positions(Tensor<float>& memory, Tensor<float>& queries) {
   for (double& v : mean) v /= double(n);
   for (Tensor<float>* t : {&memory, &queries})
     tbb::parallel_for(index_t(0), t->size(0) * N, [&](index_t r) {
-      float* z = t->data() + r * D;
-      const double* m = mean.data() + (r % N) * D;
-      double sq = 0;
-      for (index_t c = 0; c < D; ++c) {
-        z[c] = float(double(z[c]) - m[c]);
-        sq += double(z[c]) * double(z[c]);
-      }
-      const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
-      for (index_t c = 0; c < D; ++c) z[c] = float(double(z[c]) * inv);
+      detail::subtract_and_normalize(t->data() + r * D, mean.data() + (r % N) * D, D);
     });
 }
 
