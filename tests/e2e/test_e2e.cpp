@@ -209,6 +209,32 @@ TEST_CASE("N steps in one go and N/2 + resume + N/2 give bit-identical weights")
   CHECK(a.size() == 8);
 }
 
+TEST_CASE("with teacher centering the checkpoint holds the center and resume is bit-exact") {
+  temp_dir dir("center");
+  const std::vector<std::string> common = {"--eval",           "false",      "--epochs", "1",
+                                           "--center_teacher", "--coef_vmr", "0"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), common.begin(), common.end());
+    return extra;
+  };
+  REQUIRE(run(with({"--out", dir / "whole"})) == train::exit_ok);
+  REQUIRE(run(with({"--out", dir / "split", "--max_steps", "2"})) == train::exit_ok);
+  REQUIRE(run(with({"--out", dir / "split"})) == train::exit_ok);
+  check_bit_identical(train::last_checkpoint_path(dir / "whole"),
+                      train::last_checkpoint_path(dir / "split"));
+  const io::safetensors_file f(train::last_checkpoint_path(dir / "whole"));
+  REQUIRE(f.contains(train::teacher_center_name));
+  const auto c = f.get<float>(train::teacher_center_name);
+  CHECK(c.shape() == Shape{exp_t::out_dim});
+  double norm = 0;
+  for (float x : c.to_vector()) norm += double(x) * double(x);
+  CHECK(norm > 0);  // it moved from its zero start
+  // without centering there is no center in the checkpoint
+  REQUIRE(run({"--eval", "false", "--max_steps", "1", "--out", dir / "plain"}) == train::exit_ok);
+  CHECK_FALSE(io::safetensors_file(train::last_checkpoint_path(dir / "plain"))
+                  .contains(train::teacher_center_name));
+}
+
 TEST_CASE("Ctrl-C saves a checkpoint and exits; the resumed run matches an uninterrupted one") {
   temp_dir dir("sigint");
   train::run_hooks<float> hooks;
@@ -275,6 +301,8 @@ TEST_CASE("bad options are refused before any work, with the reason") {
       {{"--teacher_scale", "0.9,0.2"}, "needs 0 < MIN <= MAX <= 1, got 0.9,0.2"},
       {{"--teacher_scale", "0.9"}, "'0.9' is not a valid MIN,MAX"},
       {{"--flip_p", "2"}, "--flip_p on the command line: must be in [0, 1], got 2"},
+      {{"--center_momentum", "1.5"}, "--center_momentum on the command line: must be in [0, 1]"},
+      {{"--knn_labels", "hard"}, "'hard' is not one of: soft, majority"},
       {{"--out_dim", "4096"}, "fixes out_dim = 64 at compile time"},
       {{"--warmup_epochs", "3"}, "--warmup_epochs: 3 is more than the 2 epochs"},
       {{"--batch", "17"}, "17 is more than the 16 procedural images"},

@@ -107,3 +107,81 @@ TEST_CASE("the last layer is frozen during the first epochs, then trains") {
   l.step(views(50));  // epoch 1
   CHECK(s.head.weight_v.value().to_vector() != v0.to_vector());
 }
+
+TEST_CASE("teacher centering subtracts the center before the teacher's softmax") {
+  net_t s(1), t(3);
+  const auto v = views(40);
+  const auto plain = flsl_loss(s, t, v, 0.04, flsl_loss_params{});
+  const index_t K = plain.teacher_logits.size(-1);
+  auto center = Tensor<double>::randn({K}, 41);
+  const auto centered = flsl_loss(s, t, v, 0.04, flsl_loss_params{}, {}, {}, center);
+  // the same teacher logits, and L_km = -mean_i sum_k q_ik log p_ik with q from the centred ones
+  CHECK(centered.teacher_logits.to_vector() == plain.teacher_logits.to_vector());
+  const index_t R = plain.teacher_logits.size(0);
+  const auto tl = plain.teacher_logits.to_vector(), sl = plain.student_logits.value().to_vector();
+  const auto c = center.to_vector();
+  double km = 0;
+  for (index_t i = 0; i < R; ++i) {
+    double tmax = -1e300, smax = -1e300;
+    for (index_t k = 0; k < K; ++k) {
+      tmax = std::max(tmax, (tl[i * K + k] - c[k]) / 0.04);
+      smax = std::max(smax, sl[i * K + k] / 0.1);
+    }
+    double tz = 0, sz = 0;
+    for (index_t k = 0; k < K; ++k) {
+      tz += std::exp((tl[i * K + k] - c[k]) / 0.04 - tmax);
+      sz += std::exp(sl[i * K + k] / 0.1 - smax);
+    }
+    for (index_t k = 0; k < K; ++k) {
+      const double q = std::exp((tl[i * K + k] - c[k]) / 0.04 - tmax) / tz;
+      km -= q * (sl[i * K + k] / 0.1 - smax - std::log(sz));
+    }
+  }
+  CHECK(centered.km.value().item() == doctest::Approx(km / double(R)).epsilon(1e-12));
+  CHECK(std::abs(centered.km.value().item() - plain.km.value().item()) > 1e-3);
+  // a center that is the same for every prototype changes nothing
+  const auto shifted =
+      flsl_loss(s, t, v, 0.04, flsl_loss_params{}, {}, {}, Tensor<double>::full({K}, 2.5));
+  CHECK(shifted.km.value().item() == doctest::Approx(plain.km.value().item()).epsilon(1e-12));
+  CHECK_THROWS_WITH_AS(
+      flsl_loss(s, t, v, 0.04, flsl_loss_params{}, {}, {}, Tensor<double>::zeros({K + 1})),
+      doctest::Contains("teacher center of shape"), flsl::error);
+}
+
+TEST_CASE("the learner's teacher center is the EMA of the batch-mean teacher logits") {
+  net_t s(1), t(1), s2(1), t2(1);
+  flsl_loss_params lp;
+  lp.center_teacher = true;
+  lp.center_momentum = 0.7;
+  lp.coef_vmr = 0;
+  flsl_learner<net_t, double> a(s, t, short_recipe(), lp, {}, {0, 5});
+  a.sync_teacher();
+  const index_t K = a.out_dim();
+  REQUIRE(a.teacher_center().to_vector() == std::vector<double>(std::size_t(K), 0.0));
+  // the expected center, from the teacher logits of a second learner that steps in lockstep
+  flsl_learner<net_t, double> b(s2, t2, short_recipe(), lp, {}, {0, 5});
+  b.sync_teacher();
+  std::vector<double> expect(std::size_t(K), 0.0);
+  for (int i = 0; i < 3; ++i) {
+    const auto batch = views(50 + i);
+    const auto sched = b.schedules().at(b.state().iteration);
+    const auto r = flsl_loss(s2, t2, batch, sched.teacher_temp, lp, b.draw_drop_paths(batch), {},
+                             b.teacher_center());
+    const auto tl = r.teacher_logits.to_vector();
+    const index_t R = r.teacher_logits.size(0);
+    for (index_t k = 0; k < K; ++k) {
+      double m = 0;
+      for (index_t row = 0; row < R; ++row) m += tl[row * K + k];
+      expect[std::size_t(k)] = 0.7 * expect[std::size_t(k)] + 0.3 * (m / double(R));
+    }
+    const auto ra = a.step(batch);
+    const auto rb = b.step(batch);
+    CHECK(ra.km == rb.km);
+    CHECK(ra.km == doctest::Approx(r.km.value().item()).epsilon(1e-12));
+    const auto got = a.teacher_center().to_vector();
+    for (index_t k = 0; k < K; ++k)
+      CHECK(got[std::size_t(k)] == doctest::Approx(expect[std::size_t(k)]).epsilon(1e-12));
+  }
+  CHECK_THROWS_WITH_AS(a.set_teacher_center(Tensor<double>::zeros({K + 1})),
+                       doctest::Contains("teacher center of shape"), flsl::error);
+}

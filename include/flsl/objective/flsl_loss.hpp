@@ -19,6 +19,11 @@ struct flsl_loss_params {
   double coef_ms = 0.03;  // u (intra-view)
   double coef_km = 1.0;   // e (inter-view)
   double coef_vmr = 5.0;  // c (volume maximisation)
+  /// Teacher centering (DINO's running-mean subtraction; spec §3: an alternative to VMR, off by
+  /// default): the teacher's logits minus `center` before its softmax, the center an EMA of the
+  /// batch-mean teacher logits with this momentum (flsl_learner keeps it).
+  bool center_teacher = false;
+  double center_momentum = 0.9;
 };
 
 /// One batch of views: the teacher view and the student global view of B images, L local views
@@ -81,11 +86,14 @@ void flsl_view_terms(const Var<T, D>& z, const Tensor<std::int64_t, D>& query,
 /// Computes the FLSL loss for one batch. `student` and `teacher` are backbone_with_head modules;
 /// the teacher runs without gradients. `teacher_temp` is tau_t of the current epoch. Queries are
 /// concatenated in the order: global views (image-major), then local views (row order).
+/// `center` [K], when defined, is subtracted from the teacher's logits before its softmax
+/// (teacher centering; the caller updates it, see flsl_learner).
 template <class Net, class T, class D>
 flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const flsl_views<T, D>& v,
                                  double teacher_temp, const flsl_loss_params& p,
                                  const flsl_drop_paths<T, D>& drop = {},
-                                 const mean_allreduce<T, D>& allreduce = {}) {
+                                 const mean_allreduce<T, D>& allreduce = {},
+                                 const Tensor<T, D>& center = {}) {
   const index_t B = v.global.size(0);
   FLSL_CHECK(v.teacher.size(0) == B, "flsl_loss: ", v.teacher.size(0), " teacher views for ", B,
              " global views");
@@ -128,7 +136,14 @@ flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const f
   {
     no_grad ng;
     r.teacher_logits = teacher.head(Var<T, D>(r.zplus)).value();
-    q = softmax(Var<T, D>(Var<T, D>(r.teacher_logits) / teacher_temp), -1).value();
+    Var<T, D> logits(r.teacher_logits);
+    if (center.defined()) {
+      FLSL_CHECK(center.rank() == 1 && center.size(0) == r.teacher_logits.size(-1),
+                 "flsl_loss: a teacher center of shape ", center.shape(), " for ",
+                 r.teacher_logits.size(-1), " prototypes");
+      logits = Var<T, D>(logits - Var<T, D>(center));
+    }
+    q = softmax(Var<T, D>(logits / teacher_temp), -1).value();
   }
   r.km = soft_cross_entropy(r.student_logits, q, p.student_temp);
 

@@ -113,6 +113,8 @@ struct checkpoint_header {
 
 inline constexpr const char* checkpoint_format = "flsl.checkpoint";
 inline constexpr const char* checkpoint_format_version = "1";
+/// The tensor of the teacher center (present when the run uses teacher centering).
+inline constexpr const char* teacher_center_name = "state.teacher_center";
 
 /// The file names of a run folder.
 inline std::filesystem::path last_checkpoint_path(const std::filesystem::path& out) {
@@ -130,7 +132,7 @@ inline std::filesystem::path epoch_checkpoint_path(const std::filesystem::path& 
 template <class T, class D>
 void save_checkpoint(const std::filesystem::path& path, const optim::named_vars<T, D>& student,
                      const optim::named_vars<T, D>& teacher, const optim::adamw<T, D>& adam,
-                     const checkpoint_header& h) {
+                     const checkpoint_header& h, const Tensor<T, D>& teacher_center = {}) {
   std::vector<io::named_tensor> tensors;
   tensors.reserve(student.size() * 5);
   // host tensors: on the CPU the tensors themselves, on a device a copy (the same names, dtypes and
@@ -144,6 +146,8 @@ void save_checkpoint(const std::filesystem::path& path, const optim::named_vars<
   });
   for (const auto& [name, step] : adam.step_counts())
     tensors.push_back({"optimizer." + name, Tensor<std::int64_t>::scalar(step)});
+  if (teacher_center.defined())
+    tensors.push_back({teacher_center_name, teacher_center.template to<cpu>()});
   io::metadata_map meta;
   meta["flsl.format"] = checkpoint_format;
   meta["flsl.format_version"] = checkpoint_format_version;
@@ -202,12 +206,15 @@ inline io::safetensors_file open_checkpoint(const std::filesystem::path& path,
 
 /// Loads a checkpoint into the student, the teacher and the optimizer after checking that it was
 /// written for `arch`. Every tensor is checked (present, same shape) before anything is copied, so
-/// a refused checkpoint leaves the models unchanged. Returns the metadata.
+/// a refused checkpoint leaves the models unchanged. Returns the metadata. `teacher_center`
+/// (a run with teacher centering; its shape is [K]) receives the checkpoint's center; a checkpoint
+/// of a run without centering has none and leaves it as it is (zeros: centering starts now).
 template <class T, class D>
 checkpoint_header load_checkpoint(const std::filesystem::path& path,
                                   const optim::named_vars<T, D>& student,
                                   const optim::named_vars<T, D>& teacher, optim::adamw<T, D>& adam,
-                                  const architecture_info& arch) {
+                                  const architecture_info& arch,
+                                  Tensor<T, D>* teacher_center = nullptr) {
   checkpoint_header h;
   const io::safetensors_file f = open_checkpoint(path, &h);
   if (!(h.arch == arch))
@@ -226,6 +233,9 @@ checkpoint_header load_checkpoint(const std::filesystem::path& path,
   for (const auto& [name, p] : teacher) check("teacher." + name, p.shape());
   for (const auto& [name, t] : adam.state_tensors()) check("optimizer." + name, t.shape());
   for (const auto& [name, step] : adam.step_counts()) check("optimizer." + name, Shape{});
+  const bool centered = h.config.contains("center_teacher") && h.config["center_teacher"] == true;
+  if (centered || (teacher_center && f.contains(teacher_center_name)))
+    check(teacher_center_name, Shape{arch.out_dim});
   // read on the host, copied to D (on the CPU: no copy)
   for (const auto& [name, p] : student)
     p.value().copy_from(f.get_as<T>("student." + name).template to<D>());
@@ -237,6 +247,8 @@ checkpoint_header load_checkpoint(const std::filesystem::path& path,
     const std::string pname = name.substr(std::string_view("step.").size());
     adam.set_step_count(pname, f.get<std::int64_t>("optimizer." + name).item());
   }
+  if (teacher_center && f.contains(teacher_center_name))
+    teacher_center->copy_from(f.get_as<T>(teacher_center_name).template to<D>());
   return h;
 }
 

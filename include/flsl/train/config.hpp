@@ -80,6 +80,8 @@ struct run_config {
   std::optional<double> start_intraview;
   double coef_km = 1.0;
   double coef_vmr = 5.0;
+  bool center_teacher = false;  // DINO's teacher centering (spec §3: an alternative to VMR)
+  double center_momentum = 0.9;
   double student_temp = 0.1;
   double teacher_temp = 0.07;
   double warmup_teacher_temp = 0.04;
@@ -107,6 +109,7 @@ struct run_config {
   double knn_temperature = 0.07;
   bool knn_center_positions = false;
   bool knn_center_images = false;
+  std::string knn_labels = "soft";  // memory votes: class fractions ("soft") or "majority" class
   bool linear_probe = false;
   index_t pictures = 4;
   index_t kmeans_clusters = 6;
@@ -524,6 +527,13 @@ inline const std::vector<option>& options() {
                     &run_config::coef_km, non_negative()));
     add(make_option("coef_vmr", obj, "C", "weight c of the volume-maximisation term",
                     &run_config::coef_vmr, non_negative()));
+    add(make_option("center_teacher", obj, "",
+                    "subtract a running mean from the teacher's logits before its softmax "
+                    "(DINO's centering, an alternative to VMR: use it with --coef_vmr 0)",
+                    &run_config::center_teacher));
+    add(make_option("center_momentum", obj, "M",
+                    "momentum of the teacher center's running mean of the batch-mean logits",
+                    &run_config::center_momentum, within(0, 1)));
     add(make_option("student_temp", obj, "T", "student temperature tau_s",
                     &run_config::student_temp, positive()));
     add(make_option("teacher_temp", obj, "T", "teacher temperature tau_t after the warm-up",
@@ -596,6 +606,10 @@ inline const std::vector<option>& options() {
     add(make_option("knn_center_images", ev, "",
                     "subtract each image's mean feature from its patches before the k-NN",
                     &run_config::knn_center_images));
+    add(make_option("knn_labels", ev, "MODE",
+                    "what a memory patch votes for: soft (the fraction of its pixels in each "
+                    "class) or majority (its majority class)",
+                    &run_config::knn_labels, one_of({"soft", "majority"})));
     add(make_option("linear_probe", ev, "",
                     "also fit a linear probe (softmax regression) on the k-NN memory's patches "
                     "and report its mIoU",

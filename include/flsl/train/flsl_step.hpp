@@ -84,6 +84,7 @@ class flsl_learner {
         teacher_params_(nn::named_parameters(teacher)),
         adam_(student_params_, options.adam) {
     for (auto& [name, p] : teacher_params_) p.set_requires_grad(false);
+    if (loss_.center_teacher) center_ = Tensor<T, cpu>::zeros(Shape{out_dim()}).template to<D>();
   }
 
   /// Makes the teacher an exact copy of the student (the start of a run).
@@ -102,7 +103,7 @@ class flsl_learner {
     lp.b_sa = s.b_sa;
     lp.b_ca = s.b_ca;
     lp.coef_ms = s.coef_ms;
-    auto r = flsl_loss(student_, teacher_, batch, s.teacher_temp, lp, drop);
+    auto r = flsl_loss(student_, teacher_, batch, s.teacher_temp, lp, drop, {}, center_);
     res.total = double(r.total.value().item());
     res.ms = double(r.ms.value().item());
     res.km = double(r.km.value().item());
@@ -118,6 +119,12 @@ class flsl_learner {
         if (optim::is_last_layer(name)) p.zero_grad();
     adam_.step(s.lr, s.weight_decay);
     optim::ema_update(teacher_params_, student_params_, s.momentum);
+    if (loss_.center_teacher) {  // center = m * center + (1 - m) * mean of this batch's logits
+      no_grad ng;
+      const double m = loss_.center_momentum;
+      Var<T, D> batch_mean = mean(Var<T, D>(r.teacher_logits), {0});
+      center_ = Var<T, D>(m * Var<T, D>(center_) + (1.0 - m) * batch_mean).value();
+    }
     for (auto& [name, p] : student_params_) p.zero_grad();
     ++state_.iteration;
     return res;
@@ -147,6 +154,18 @@ class flsl_learner {
     return d;
   }
 
+  /// The teacher center [K] (teacher centering; undefined when it is off or before the first
+  /// step). A checkpoint saves it; set_teacher_center restores it.
+  const Tensor<T, D>& teacher_center() const { return center_; }
+  void set_teacher_center(Tensor<T, D> c) {
+    FLSL_CHECK(c.rank() == 1 && c.size(0) == out_dim(), "flsl_learner: a teacher center of shape ",
+               c.shape(), " for ", out_dim(), " prototypes");
+    center_ = std::move(c);
+  }
+  /// K, the number of prototypes (the head's output width).
+  index_t out_dim() const { return student_.head.weight_v.size(0); }
+  const flsl_loss_params& loss_params() const { return loss_; }
+
   train_state& state() { return state_; }
   const optim::schedules& schedules() const { return sched_; }
   optim::adamw<T, D>& optimizer() { return adam_; }
@@ -162,6 +181,7 @@ class flsl_learner {
   train_state state_;
   optim::named_vars<T, D> student_params_, teacher_params_;
   optim::adamw<T, D> adam_;
+  Tensor<T, D> center_;  // teacher centering's running mean of the teacher logits
 };
 
 }  // namespace flsl

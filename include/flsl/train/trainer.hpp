@@ -198,6 +198,7 @@ inline bool is_process_option(const std::string& name) {
                                           "knn_temperature",
                                           "knn_center_positions",
                                           "knn_center_images",
+                                          "knn_labels",
                                           "linear_probe",
                                           "eval_only",
                                           "pictures",
@@ -455,6 +456,8 @@ class trainer {
     lp.student_temp = c_.student_temp;
     lp.coef_km = c_.coef_km;
     lp.coef_vmr = c_.coef_vmr;
+    lp.center_teacher = c_.center_teacher;
+    lp.center_momentum = c_.center_momentum;
     flsl_step_options so;
     so.clip_grad = c_.clip_grad;
     so.drop_path_rate = c_.drop_path_rate;
@@ -467,9 +470,10 @@ class trainer {
       learner_->sync_teacher();
       return;
     }
-    const checkpoint_header h =
-        load_checkpoint(*run_.resume_from, learner_->student_parameters(),
-                        learner_->teacher_parameters(), learner_->optimizer(), arch_);
+    Tensor<T, Dev> center = learner_->teacher_center();
+    const checkpoint_header h = load_checkpoint(
+        *run_.resume_from, learner_->student_parameters(), learner_->teacher_parameters(),
+        learner_->optimizer(), arch_, center.defined() ? &center : nullptr);
     FLSL_CHECK(h.position.iters_per_epoch == iters_per_epoch_, "cannot use checkpoint '",
                run_.resume_from->string(), "': it was written with ", h.position.iters_per_epoch,
                " iterations per epoch, the data now gives ", iters_per_epoch_,
@@ -490,7 +494,7 @@ class trainer {
   std::filesystem::path save_checkpoint_last() {
     const auto path = last_checkpoint_path(out_);
     save_checkpoint(path, learner_->student_parameters(), learner_->teacher_parameters(),
-                    learner_->optimizer(), header());
+                    learner_->optimizer(), header(), learner_->teacher_center());
     return path;
   }
 
@@ -694,6 +698,7 @@ class trainer {
     kp.temperature = c_.knn_temperature;
     kp.center_positions = c_.knn_center_positions;
     kp.center_images = c_.knn_center_images;
+    kp.soft_labels = c_.knn_labels == "soft";
     kp.linear_probe = c_.linear_probe;
     const host_net_t& teacher = host_teacher();
     const auto r =
