@@ -21,7 +21,7 @@ echo "test.sh: configure + build: $(($(date +%s) - start)) s"
 if [[ -f "$build_dir/.ninja_log" ]]; then  # compile time is a feature: show the slowest units
   echo "test.sh: slowest build steps (s):"
   awk '!/^#/ { printf "  %6.1f  %s\n", ($2 - $1) / 1000, $4 }' "$build_dir/.ninja_log" |
-    sort -rn | head -5
+    sort -rn | sed -n 1,5p  # sed reads all: head would SIGPIPE sort (pipefail)
 fi
 
 start=$(date +%s)

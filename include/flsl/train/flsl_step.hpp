@@ -154,8 +154,8 @@ class flsl_learner {
     return d;
   }
 
-  /// The teacher center [K] (teacher centering; undefined when it is off or before the first
-  /// step). A checkpoint saves it; set_teacher_center restores it.
+  /// The teacher center [K] (teacher centering: zeros at construction, then updated after every
+  /// step; undefined when centering is off). Checkpoints save and restore it.
   const Tensor<T, D>& teacher_center() const { return center_; }
   void set_teacher_center(Tensor<T, D> c) {
     FLSL_CHECK(c.rank() == 1 && c.size(0) == out_dim(), "flsl_learner: a teacher center of shape ",
@@ -164,7 +164,6 @@ class flsl_learner {
   }
   /// K, the number of prototypes (the head's output width).
   index_t out_dim() const { return student_.head.weight_v.size(0); }
-  const flsl_loss_params& loss_params() const { return loss_; }
 
   train_state& state() { return state_; }
   const optim::schedules& schedules() const { return sched_; }
