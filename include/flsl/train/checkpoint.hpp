@@ -214,7 +214,7 @@ checkpoint_header load_checkpoint(const std::filesystem::path& path,
                                   const optim::named_vars<T, D>& student,
                                   const optim::named_vars<T, D>& teacher, optim::adamw<T, D>& adam,
                                   const architecture_info& arch,
-                                  Tensor<T, D>* teacher_center = nullptr) {
+                                  const Tensor<T, D>* teacher_center = nullptr) {
   checkpoint_header h;
   const io::safetensors_file f = open_checkpoint(path, &h);
   if (!(h.arch == arch))

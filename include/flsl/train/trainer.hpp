@@ -470,7 +470,7 @@ class trainer {
       learner_->sync_teacher();
       return;
     }
-    Tensor<T, Dev> center = learner_->teacher_center();
+    const Tensor<T, Dev>& center = learner_->teacher_center();  // filled in place
     const checkpoint_header h = load_checkpoint(
         *run_.resume_from, learner_->student_parameters(), learner_->teacher_parameters(),
         learner_->optimizer(), arch_, center.defined() ? &center : nullptr);
