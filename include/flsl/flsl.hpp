@@ -6,6 +6,7 @@
 #include "autograd/ops.hpp"
 #include "autograd/var.hpp"
 #include "backend/cpu/gemm.hpp"
+#include "backend/matmul_precision.hpp"
 #include "core/config.hpp"
 #include "core/device.hpp"
 #include "core/dtype.hpp"

@@ -1,6 +1,10 @@
 // matmul against a naive triple loop: transposed and strided operands, batches, broadcasting,
-// alpha/beta accumulation, bf16, and shape errors.
+// alpha/beta accumulation, bf16, shape errors, and the matmul precision's input rounding.
 #include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include <flsl/flsl.hpp>
 
@@ -116,4 +120,115 @@ TEST_CASE("matmul shape errors name the operation and both shapes") {
   auto z = Tensor<float>::zeros({3, 0});
   auto out = matmul(z, Tensor<float>::zeros({0, 2}));
   CHECK(out.to_vector() == std::vector<float>(6, 0.0f));
+}
+
+// ---- matmul precision (backend/matmul_precision.hpp): the CPU emulates the tensor cores' input
+// rounding. Values chosen so that each precision gives a different, exactly known product.
+
+TEST_CASE("GEMM input rounding: TF32 and bf16 keep 10 and 7 mantissa bits, ties to even") {
+  using detail::round_for_matmul;
+  constexpr auto tf32 = matmul_precision::tf32, bf = matmul_precision::bf16;
+  const float e = std::ldexp(1.0f, -10);  // TF32's ulp at 1
+  CHECK(round_for_matmul(1.0f + std::ldexp(1.0f, -12), tf32) == 1.0f);
+  CHECK(round_for_matmul(1.0f + e, tf32) == 1.0f + e);
+  CHECK(round_for_matmul(1.0f + e / 2, tf32) == 1.0f);                // tie: to the even 1
+  CHECK(round_for_matmul(1.0f + 3 * e / 2, tf32) == 1.0f + 2 * e);    // tie: to the even 1+2e
+  CHECK(round_for_matmul(-(1.0f + 3 * e / 4), tf32) == -(1.0f + e));  // above the tie: up
+  CHECK(round_for_matmul(1.0f + std::ldexp(1.0f, -9), bf) == 1.0f);   // below bf16's half ulp
+  CHECK(round_for_matmul(1.0f + std::ldexp(1.0f, -7), bf) == 1.0f + std::ldexp(1.0f, -7));
+  CHECK(std::isinf(round_for_matmul(std::numeric_limits<float>::max(), bf)));  // rounds past max
+  CHECK(std::isinf(round_for_matmul(INFINITY, tf32)));
+  CHECK(std::isnan(round_for_matmul(NAN, bf)));
+  CHECK(round_for_matmul(1.2345678f, matmul_precision::exact) == 1.2345678f);
+  // bf16 rounding is the bf16 type's conversion, value for value
+  const auto r = Tensor<float>::randn({4096}, 3).to_vector();
+  for (float x : r) {
+    const float y = x * 1e3f;
+    CHECK(round_for_matmul(y, bf) == float(bf16(y)));
+  }
+}
+
+TEST_CASE("GEMM input rounding to fp16: range, subnormals and overflow") {
+  const auto h = [](float x) { return detail::round_for_matmul(x, matmul_precision::fp16); };
+  CHECK(h(65504.0f) == 65504.0f);  // the largest half
+  CHECK(h(65519.0f) == 65504.0f);
+  CHECK(std::isinf(h(65520.0f)));  // the tie with 2^16 goes to the even 2^16: infinity
+  CHECK(h(-1e5f) == -INFINITY);
+  CHECK(h(1.0f + std::ldexp(1.0f, -11)) == 1.0f);                // 10 mantissa bits, ties to even
+  CHECK(h(std::ldexp(1.0f, -14)) == std::ldexp(1.0f, -14));      // smallest normal
+  CHECK(h(std::ldexp(1.0f, -24)) == std::ldexp(1.0f, -24));      // smallest subnormal
+  CHECK(h(std::ldexp(1.0f, -25)) == 0.0f);                       // tie with 0: to the even 0
+  CHECK(h(3 * std::ldexp(1.0f, -25)) == std::ldexp(1.0f, -23));  // tie 1.5 quanta: to 2
+  CHECK(h(std::ldexp(1.3f, -20)) == std::ldexp(1.0f, -24) * std::nearbyint(1.3f * 16.0f));
+  CHECK(h(1e-9f) == 0.0f);
+  CHECK(std::signbit(h(-1e-9f)));
+  CHECK(std::isnan(h(NAN)));
+#if defined(__FLT16_MAX__) && !defined(__CUDACC__)
+  // the compiler's own float -> _Float16 conversion, over values spanning fp16's whole range
+  const auto r = Tensor<float>::randn({20000}, 4).to_vector();
+  for (std::size_t i = 0; i < r.size(); ++i) {
+    const float x = r[i] * std::ldexp(1.0f, int(i % 48) - 30);
+    CHECK(h(x) == float(static_cast<_Float16>(x)));
+  }
+#endif
+}
+
+TEST_CASE("f32 matmuls follow the matmul precision; f64 ignores it; a scope restores it") {
+  REQUIRE(get_matmul_precision() == matmul_precision::exact);
+  const index_t K = 64;  // partial sums k (1 + 2^-12) are exact in fp32 for k <= 2^11
+  const auto ones = Tensor<float>::full({K, 3}, 1.0f);
+  auto product = [&](float v, matmul_precision p) {
+    matmul_precision_scope scope(p);
+    return matmul(Tensor<float>::full({2, K}, v), ones).to_vector();
+  };
+  const float a = 1.0f + std::ldexp(1.0f, -12), b = 1.0f + std::ldexp(1.0f, -9);
+  CHECK(product(a, matmul_precision::exact) == std::vector<float>(6, float(K) * a));
+  CHECK(product(a, matmul_precision::tf32) == std::vector<float>(6, float(K)));
+  CHECK(product(a, matmul_precision::fp16) == std::vector<float>(6, float(K)));
+  CHECK(product(b, matmul_precision::tf32) == std::vector<float>(6, float(K) * b));
+  CHECK(product(b, matmul_precision::fp16) == std::vector<float>(6, float(K) * b));
+  CHECK(product(b, matmul_precision::bf16) == std::vector<float>(6, float(K)));
+  const auto big = product(7e4f, matmul_precision::fp16);
+  CHECK(std::isinf(big[0]));                                               // fp16 overflows
+  CHECK(product(7e4f, matmul_precision::bf16)[0] == float(K) * 70144.0f);  // bf16(7e4) = 70144
+  CHECK(get_matmul_precision() == matmul_precision::exact);  // every scope restored it
+  {
+    matmul_precision_scope scope(matmul_precision::bf16);
+    const auto d =
+        matmul(Tensor<double>::full({2, K}, double(b)), Tensor<double>::full({K, 1}, 1.0));
+    CHECK(d(0, 0) == double(K) * double(b));
+    // transposed and batched operands are rounded too
+    const auto bt = Tensor<float>::full({3, K}, 1.0f).t();
+    CHECK(matmul(Tensor<float>::full({2, 2, K}, b), bt).to_vector() ==
+          std::vector<float>(12, float(K)));
+  }
+  CHECK(parse_matmul_precision("tf32") == matmul_precision::tf32);
+  CHECK_THROWS_WITH_AS(parse_matmul_precision("fp8"),
+                       doctest::Contains("matmul precision 'fp8' is not one of exact, tf32, bf16, "
+                                         "fp16"),
+                       flsl::error);
+}
+
+TEST_CASE("reduced-precision products stay within their input rounding of the exact product") {
+  const auto a = Tensor<float>::randn({48, 96}, 20), b = Tensor<float>::randn({96, 40}, 21);
+  const auto want = naive(a.to<double>(), b.to<double>());
+  const auto scale =
+      naive(Tensor<double>(abs(a.to<double>())), Tensor<double>(abs(b.to<double>()))).to_vector();
+  auto max_rel = [&](matmul_precision p) {
+    matmul_precision_scope scope(p);
+    const auto g = matmul(a, b).to<double>().to_vector();
+    const auto w = want.to_vector();
+    double m = 0;
+    for (std::size_t i = 0; i < g.size(); ++i) m = std::max(m, std::abs(g[i] - w[i]) / scale[i]);
+    return m;
+  };
+  // each input is off by at most half an ulp (2^-11 TF32 / fp16, 2^-8 bf16), a product by twice
+  const double exact = max_rel(matmul_precision::exact), tf = max_rel(matmul_precision::tf32),
+               bf = max_rel(matmul_precision::bf16), hf = max_rel(matmul_precision::fp16);
+  CHECK(exact < 1e-6);
+  CHECK(tf < std::ldexp(1.0, -10) * 1.01);
+  CHECK(hf < std::ldexp(1.0, -10) * 1.01);
+  CHECK(bf < std::ldexp(1.0, -7) * 1.01);
+  CHECK(tf > 20 * exact);  // the rounding did happen
+  CHECK(bf > 4 * tf);
 }

@@ -291,7 +291,7 @@ TEST_CASE("matmul on cuda equals the product on the CPU (fp32, f64)") {
 TEST_CASE("matmul on cuda: TF32 when allowed, bf16 inputs with fp32 accumulation") {
   SKIP_WITHOUT_CUDA_DEVICE();
   const auto a = Tensor<float>::randn({64, 128}, 50), b = Tensor<float>::randn({128, 48}, 51);
-  check_matmul(a, b, 3e-3, gemm_options{.allow_tf32 = true});
+  check_matmul(a, b, 3e-3, gemm_options{.precision = matmul_precision::tf32});
   const Tensor<bf16> ha = cast<bf16>(a), hb = cast<bf16>(b);
   check_matmul(ha, hb, 1e-2);
   check_matmul(Tensor<bf16>(cast<bf16>(Tensor<float>::randn({3, 16, 32}, 52))),

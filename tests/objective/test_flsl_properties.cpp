@@ -185,3 +185,141 @@ TEST_CASE("the learner's teacher center is the EMA of the batch-mean teacher log
   CHECK_THROWS_WITH_AS(a.set_teacher_center(Tensor<double>::zeros({K + 1})),
                        doctest::Contains("teacher center of shape"), flsl::error);
 }
+
+// ---- loss scaling (optim/grad_scaler.hpp) with the fp16 matmul emulation
+
+namespace {
+using net_f = nn::model<
+    nn::backbone_with_head<nn::vision_transformer<cfg>, nn::projection_head<16, 32, 32, 16>>,
+    float>;
+flsl_views<float> views_f(std::uint64_t seed) {
+  const auto v = views(seed);
+  flsl_views<float> f;
+  f.teacher = v.teacher.to<float>();
+  f.global = v.global.to<float>();
+  f.local = v.local.to<float>();
+  f.locals = v.locals;
+  f.query_global = v.query_global;
+  f.query_local = v.query_local;
+  return f;
+}
+template <class N>
+std::vector<std::vector<double>> values_of(N& net) {
+  std::vector<std::vector<double>> out;
+  for (auto& [n, p] : nn::named_parameters(net))
+    out.push_back(p.value().template to<double>().to_vector());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a power-of-two loss scale changes no bit of an exact step") {
+  // The backward is linear in its seed and every gradient is divided by the same power of two
+  // before clipping, so the scaled and the unscaled steps do the same arithmetic up to exponents.
+  net_t s1(1), t1(1), s2(1), t2(1);
+  flsl_step_options scaled;
+  scaled.loss_scale = {.enabled = true, .dynamic = false, .init_scale = 1024.0};
+  flsl_learner<net_t, double> a(s1, t1, short_recipe(), {}, {}, {0, 7});
+  flsl_learner<net_t, double> b(s2, t2, short_recipe(), {}, scaled, {0, 7});
+  a.sync_teacher();
+  b.sync_teacher();
+  for (int i = 0; i < 3; ++i) {
+    const auto ra = a.step(views(60 + i)), rb = b.step(views(60 + i));
+    CHECK(rb.loss_scale == 1024.0);
+    CHECK_FALSE(rb.skipped);
+    CHECK(ra.grad_norms == rb.grad_norms);
+  }
+  CHECK(values_of(s1) == values_of(s2));
+  CHECK(values_of(t1) == values_of(t2));
+}
+
+TEST_CASE("fp16 products: a step whose gradients overflow is skipped and the scale backs off") {
+  matmul_precision_scope fp16(matmul_precision::fp16);
+  net_f s(1), t(1);
+  flsl_step_options o;
+  o.loss_scale = {.enabled = true, .init_scale = std::ldexp(1.0, 40), .growth_interval = 2};
+  auto recipe = short_recipe();
+  recipe.epochs = 20;  // room for the halvings
+  flsl_learner<net_f, float> l(s, t, recipe, {}, o);
+  l.sync_teacher();
+  const auto w0 = values_of(s);
+  const auto r = l.step(views_f(70));  // dL/dlogits * 2^40 is far past fp16's 65504
+  CHECK(std::isfinite(r.total));
+  CHECK(r.skipped);
+  CHECK(r.loss_scale == std::ldexp(1.0, 40));
+  CHECK(l.loss_scaler().scale() == std::ldexp(1.0, 39));
+  CHECK(values_of(s) == w0);  // no update, and the moments did not move either
+  CHECK(l.optimizer().step_count("blocks.0.mlp.fc2.weight") == 0);
+  CHECK(l.state().iteration == 1);  // the schedules go on
+  // it keeps halving until the gradients fit, then trains, and grows after 2 good steps
+  int steps = 1;
+  while (l.step(views_f(70 + steps)).skipped) ++steps;
+  ++steps;
+  CHECK(steps < 40);
+  CHECK(values_of(s) != w0);
+  const double fit = l.loss_scaler().scale();
+  CHECK(fit <= std::ldexp(1.0, 39));
+  CHECK(l.loss_scaler().state().good_steps == 1);
+  const auto r2 = l.step(views_f(200));
+  if (!r2.skipped) CHECK(l.loss_scaler().scale() == 2 * fit);
+}
+
+TEST_CASE("fp16 products lose small gradients without a loss scale and keep them with one") {
+  // y = x W^T with upstream gradients of 1e-9: in fp16 they flush to 0 (the smallest subnormal is
+  // 2^-24 ~ 6e-8), so dW = dY^T x is 0. Scaled by 2^16 they are normal halves, and dW / 2^16 is
+  // the exact gradient to fp16's input rounding.
+  const auto x = Tensor<float>::randn({8, 16}, 80);
+  const auto w0 = Tensor<float>::randn({4, 16}, 81);
+  auto grad = [&](double scale, matmul_precision p) {
+    matmul_precision_scope sc(p);
+    optim::named_vars<float> params{{"w", Var<float>(w0.clone(), true)}};
+    auto y = linear(Var<float>(x), params[0].second);
+    Var<float> loss = sum(y) * 1e-9f;
+    loss.backward(Tensor<float>::full({}, float(scale)));
+    optim::grad_scaler gs({.enabled = true, .dynamic = false, .init_scale = scale});
+    gs.unscale(params);
+    return params[0].second.grad().to<double>().to_vector();
+  };
+  const auto exact = grad(1.0, matmul_precision::exact);
+  const auto lost = grad(1.0, matmul_precision::fp16);
+  const auto kept = grad(65536.0, matmul_precision::fp16);
+  CHECK(lost == std::vector<double>(exact.size(), 0.0));
+  double worst = 0;
+  for (std::size_t i = 0; i < exact.size(); ++i) {
+    CHECK(exact[i] != 0.0);
+    worst = std::max(worst, std::abs(kept[i] - exact[i]) / (8e-9 * 4.0));
+  }
+  CHECK(worst < 2e-3);  // of sum_i |x_i| 1e-9 with |x| ~ 4 at most: fp16's relative 2^-11, twice
+}
+
+TEST_CASE("the dynamic loss scale: growth after an interval, backoff, limits and bad states") {
+  optim::grad_scaler off;
+  CHECK_FALSE(off.enabled());
+  CHECK(off.scale() == 1.0);
+  off.update(false);
+  CHECK(off.scale() == 1.0);
+  optim::grad_scaler g({.enabled = true, .init_scale = 8.0, .growth_interval = 3});
+  g.update(true);
+  g.update(true);
+  CHECK(g.scale() == 8.0);
+  g.update(true);
+  CHECK(g.scale() == 16.0);
+  CHECK(g.state().good_steps == 0);
+  g.update(true);
+  g.update(false);
+  CHECK(g.scale() == 8.0);
+  CHECK(g.state().good_steps == 0);
+  g.set_state({.scale = 4.0, .good_steps = 2});
+  g.update(true);
+  CHECK(g.scale() == 8.0);
+  optim::grad_scaler fixed({.enabled = true, .dynamic = false, .init_scale = 32.0});
+  fixed.update(false);
+  CHECK(fixed.scale() == 32.0);
+  CHECK_THROWS_WITH_AS(g.set_state({.scale = 0.0}), doctest::Contains("invalid state"),
+                       flsl::error);
+  CHECK_THROWS_WITH_AS(optim::grad_scaler({.enabled = true, .init_scale = -1.0}),
+                       doctest::Contains("positive number"), flsl::error);
+  optim::grad_scaler sinking({.enabled = true, .init_scale = 1.0});
+  for (int i = 0; i < 20; ++i) sinking.update(false);
+  CHECK_THROWS_WITH_AS(sinking.update(false), doctest::Contains("not an fp16 overflow"),
+                       flsl::error);
+}

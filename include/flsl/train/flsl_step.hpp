@@ -7,6 +7,7 @@
 
 #include "../objective/flsl_loss.hpp"
 #include "../optim/adamw.hpp"
+#include "../optim/grad_scaler.hpp"
 #include "../optim/schedule.hpp"
 
 namespace flsl {
@@ -23,14 +24,19 @@ struct flsl_step_options {
   double clip_grad = 3.0;       // per-tensor max gradient norm; 0 disables
   double drop_path_rate = 0.1;  // student stochastic depth at the last block
   optim::adamw_options adam{};
+  optim::grad_scaler_options loss_scale{};  // for fp16 matmuls (off by default)
 };
 
 /// What a step returns: the loss and its parts (computed before the update), the values of the
-/// schedules it used, and the gradient norms before clipping (parameter order).
+/// schedules it used, the gradient norms before clipping (parameter order, unscaled), and with
+/// loss scaling the scale the backward used and whether the update was skipped (gradients not
+/// finite: the weights and moments did not change, the teacher EMA and the iteration advanced).
 struct flsl_step_result {
   double total = 0, ms = 0, km = 0, vmr = 0;
   optim::scheduled_values schedule;
   std::vector<double> grad_norms;
+  double loss_scale = 1.0;
+  bool skipped = false;
 };
 
 /// Copies every parameter value of `src` into `dst` (same module type; names must match). Not
@@ -82,7 +88,8 @@ class flsl_learner {
         state_(state),
         student_params_(nn::named_parameters(student)),
         teacher_params_(nn::named_parameters(teacher)),
-        adam_(student_params_, options.adam) {
+        adam_(student_params_, options.adam),
+        scaler_(options.loss_scale) {
     for (auto& [name, p] : teacher_params_) p.set_requires_grad(false);
     if (loss_.center_teacher) center_ = Tensor<T, cpu>::zeros(Shape{out_dim()}).template to<D>();
   }
@@ -112,12 +119,23 @@ class flsl_learner {
                "): the loss is not finite: total ", res.total, ", L_ms ", res.ms, ", L_km ", res.km,
                ", L_vmr ", res.vmr, "; the weights were not updated");
     for (auto& [name, p] : student_params_) p.zero_grad();
-    r.total.backward();
+    res.loss_scale = scaler_.scale();
+    if (res.loss_scale == 1.0)
+      r.total.backward();
+    else
+      r.total.backward(Tensor<T, D>::full(r.total.shape(), convert<T>(float(res.loss_scale))));
+    scaler_.unscale(student_params_);
     res.grad_norms = optim::clip_grad_per_tensor(student_params_, opt_.clip_grad);
     if (s.last_layer_frozen)
       for (auto& [name, p] : student_params_)
         if (optim::is_last_layer(name)) p.zero_grad();
-    adam_.step(s.lr, s.weight_decay);
+    if (scaler_.enabled()) {
+      const bool finite =
+          optim::grad_scaler::all_finite(student_params_, std::span<const double>(res.grad_norms));
+      res.skipped = !finite;
+      scaler_.update(finite);
+    }
+    if (!res.skipped) adam_.step(s.lr, s.weight_decay);
     optim::ema_update(teacher_params_, student_params_, s.momentum);
     if (loss_.center_teacher) {  // center = m * center + (1 - m) * mean of this batch's logits
       no_grad ng;
@@ -168,6 +186,9 @@ class flsl_learner {
   train_state& state() { return state_; }
   const optim::schedules& schedules() const { return sched_; }
   optim::adamw<T, D>& optimizer() { return adam_; }
+  /// The loss scaler (disabled unless flsl_step_options::loss_scale enables it); checkpoints save
+  /// and restore its state.
+  optim::grad_scaler& loss_scaler() { return scaler_; }
   const optim::named_vars<T, D>& student_parameters() const { return student_params_; }
   const optim::named_vars<T, D>& teacher_parameters() const { return teacher_params_; }
 
@@ -180,6 +201,7 @@ class flsl_learner {
   train_state state_;
   optim::named_vars<T, D> student_params_, teacher_params_;
   optim::adamw<T, D> adam_;
+  optim::grad_scaler scaler_;
   Tensor<T, D> center_;  // teacher centering's running mean of the teacher logits
 };
 

@@ -9,6 +9,7 @@
 
 #include "../../core/tensor.hpp"
 #include "../../expr/assign.hpp"
+#include "../matmul_precision.hpp"
 #include "../matmul_shapes.hpp"
 
 namespace flsl {
@@ -96,89 +97,118 @@ gemm_operand<const T> operand(const Tensor<T, cpu>& m) {
   return {m.data(), m.size(-2), m.size(-1), lay};
 }
 
+/// A contiguous copy of x with every value rounded as precision p rounds a GEMM input.
+inline Tensor<float, cpu> rounded_for_matmul(const Tensor<float, cpu>& x, matmul_precision p) {
+  Tensor<float, cpu> r = x.clone();
+  float* d = r.data();
+  tbb::parallel_for(tbb::blocked_range<index_t>(0, r.numel(), index_t(1) << 14),
+                    [&](const tbb::blocked_range<index_t>& rg) {
+                      for (index_t i = rg.begin(); i < rg.end(); ++i)
+                        d[i] = round_for_matmul(d[i], p);
+                    });
+  return r;
+}
+
+/// matmul_into with exact f32 / f64 arithmetic (the shapes are checked by the caller).
+template <class T>
+void matmul_exact(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor<T, cpu>& b,
+                  double alpha, double beta) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+  if (c.numel() == 0) return;
+  const index_t K = a.size(-1);
+  if (K == 0) {  // empty sum
+    if (beta == 0.0)
+      c.fill(T(0));
+    else
+      c.assign(c * T(beta));
+    return;
+  }
+  // Operands the layouts cannot express are copied to contiguous memory.
+  auto fix = [](const Tensor<T, cpu>& m) {
+    return detail::layout_of(m.size(-2), m.size(-1), m.stride(-2), m.stride(-1)).mappable
+               ? m
+               : m.clone();
+  };
+  const Tensor<T, cpu> A = fix(a), B = fix(b);
+  // The output must be row-major; otherwise compute c^T = b^T a^T, or go through a temporary.
+  const auto cl = detail::layout_of(c.size(-2), c.size(-1), c.stride(-2), c.stride(-1));
+  if (!cl.mappable || !cl.row_major) {
+    if (cl.mappable) {
+      matmul_exact(c.t(), B.t(), A.t(), alpha, beta);
+    } else {
+      auto tmp = beta == 0.0 ? Tensor<T, cpu>::empty(c.shape()) : c.clone();
+      matmul_exact(tmp, A, B, alpha, beta);
+      c.copy_from(tmp);
+    }
+    return;
+  }
+  const T al = T(alpha), be = T(beta);
+  if (c.rank() == 2) {
+    detail::gemm_2d<T>({c.data(), c.size(0), c.size(1), cl}, detail::operand(A), detail::operand(B),
+                       al, be, true);
+    return;
+  }
+  const index_t batch = c.size(0);
+  // A 3-D A whose batch rows are contiguous times a shared 2-D B is one tall product.
+  if (B.rank() == 2 || B.size(0) == 1) {
+    const auto B2 = B.rank() == 2 ? B : B.select(0, 0);
+    const bool a_tall = A.rank() == 3 && A.size(0) == batch && A.stride(2) == 1 &&
+                        A.stride(0) == A.size(1) * A.stride(1);
+    const bool c_tall = c.stride(0) == c.size(1) * c.stride(1);
+    if (a_tall && c_tall) {
+      const index_t M = batch * A.size(1);
+      detail::gemm_2d<T>({c.data(), M, c.size(2), cl},
+                         {A.data(), M, A.size(2), {true, A.stride(1), true}}, detail::operand(B2),
+                         al, be, true);
+      return;
+    }
+  }
+  auto mat = [](const Tensor<T, cpu>& x, index_t i) {
+    return x.rank() == 2 ? x : x.select(0, x.size(0) == 1 ? 0 : i);
+  };
+  const int threads = tbb::this_task_arena::max_concurrency();
+  const bool over_batch = batch >= 2 * threads;
+  auto one = [&](index_t i, bool split) {
+    auto ci = c.select(0, i);
+    detail::gemm_2d<T>({ci.data(), ci.size(0), ci.size(1), cl}, detail::operand(mat(A, i)),
+                       detail::operand(mat(B, i)), al, be, split);
+  };
+  if (over_batch) {
+    tbb::parallel_for(tbb::blocked_range<index_t>(0, batch, 1),
+                      [&](const tbb::blocked_range<index_t>& r) {
+                        for (index_t i = r.begin(); i < r.end(); ++i) one(i, false);
+                      });
+  } else {
+    for (index_t i = 0; i < batch; ++i) one(i, true);
+  }
+}
+
 }  // namespace detail
 
 /// c = alpha * a @ b + beta * c for matrices ([M,K] @ [K,N]) or batches ([B,M,K] @ [B,K,N], a
 /// batch of 1 or a 2-D operand broadcasts). Transposed operands are views (`x.t()`), read in place.
-/// f32 and f64 run Eigen directly; bf16 is converted to f32 and back.
+/// f32 and f64 run Eigen directly; bf16 is converted to f32 and back. f32 products follow
+/// get_matmul_precision(): other than `exact`, a and b are first rounded as the GPU's tensor cores
+/// round them (an emulation, for tests: it costs two extra passes).
 template <class T>
 void matmul_into(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor<T, cpu>& b,
                  double alpha = 1.0, double beta = 0.0) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
+                "flsl::matmul supports f32, f64 and bf16");
   detail::check_matmul_shapes<T>("matmul", c.shape(), a.shape(), b.shape());
   if constexpr (std::is_same_v<T, bf16>) {
     auto cf = c.template to<float>();
-    matmul_into(cf, a.template to<float>(), b.template to<float>(), alpha, beta);
+    detail::matmul_exact(cf, a.template to<float>(), b.template to<float>(), alpha, beta);
     c.assign(cast<bf16>(cf));
+  } else if constexpr (std::is_same_v<T, float>) {
+    const matmul_precision p = get_matmul_precision();
+    if (p == matmul_precision::exact || c.numel() == 0 || a.size(-1) == 0)
+      detail::matmul_exact(c, a, b, alpha, beta);
+    else
+      detail::matmul_exact(c, detail::rounded_for_matmul(a, p), detail::rounded_for_matmul(b, p),
+                           alpha, beta);
   } else {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                  "flsl::matmul supports f32, f64 and bf16");
-    if (c.numel() == 0) return;
-    const index_t K = a.size(-1);
-    if (K == 0) {  // empty sum
-      if (beta == 0.0)
-        c.fill(T(0));
-      else
-        c.assign(c * T(beta));
-      return;
-    }
-    // Operands the layouts cannot express are copied to contiguous memory.
-    auto fix = [](const Tensor<T, cpu>& m) {
-      return detail::layout_of(m.size(-2), m.size(-1), m.stride(-2), m.stride(-1)).mappable
-                 ? m
-                 : m.clone();
-    };
-    const Tensor<T, cpu> A = fix(a), B = fix(b);
-    // The output must be row-major; otherwise compute c^T = b^T a^T, or go through a temporary.
-    const auto cl = detail::layout_of(c.size(-2), c.size(-1), c.stride(-2), c.stride(-1));
-    if (!cl.mappable || !cl.row_major) {
-      if (cl.mappable) {
-        matmul_into(c.t(), B.t(), A.t(), alpha, beta);
-      } else {
-        auto tmp = beta == 0.0 ? Tensor<T, cpu>::empty(c.shape()) : c.clone();
-        matmul_into(tmp, A, B, alpha, beta);
-        c.copy_from(tmp);
-      }
-      return;
-    }
-    const T al = T(alpha), be = T(beta);
-    if (c.rank() == 2) {
-      detail::gemm_2d<T>({c.data(), c.size(0), c.size(1), cl}, detail::operand(A),
-                         detail::operand(B), al, be, true);
-      return;
-    }
-    const index_t batch = c.size(0);
-    // A 3-D A whose batch rows are contiguous times a shared 2-D B is one tall product.
-    if (B.rank() == 2 || B.size(0) == 1) {
-      const auto B2 = B.rank() == 2 ? B : B.select(0, 0);
-      const bool a_tall = A.rank() == 3 && A.size(0) == batch && A.stride(2) == 1 &&
-                          A.stride(0) == A.size(1) * A.stride(1);
-      const bool c_tall = c.stride(0) == c.size(1) * c.stride(1);
-      if (a_tall && c_tall) {
-        const index_t M = batch * A.size(1);
-        detail::gemm_2d<T>({c.data(), M, c.size(2), cl},
-                           {A.data(), M, A.size(2), {true, A.stride(1), true}}, detail::operand(B2),
-                           al, be, true);
-        return;
-      }
-    }
-    auto mat = [](const Tensor<T, cpu>& x, index_t i) {
-      return x.rank() == 2 ? x : x.select(0, x.size(0) == 1 ? 0 : i);
-    };
-    const int threads = tbb::this_task_arena::max_concurrency();
-    const bool over_batch = batch >= 2 * threads;
-    auto one = [&](index_t i, bool split) {
-      auto ci = c.select(0, i);
-      detail::gemm_2d<T>({ci.data(), ci.size(0), ci.size(1), cl}, detail::operand(mat(A, i)),
-                         detail::operand(mat(B, i)), al, be, split);
-    };
-    if (over_batch) {
-      tbb::parallel_for(tbb::blocked_range<index_t>(0, batch, 1),
-                        [&](const tbb::blocked_range<index_t>& r) {
-                          for (index_t i = r.begin(); i < r.end(); ++i) one(i, false);
-                        });
-    } else {
-      for (index_t i = 0; i < batch; ++i) one(i, true);
-    }
+    detail::matmul_exact(c, a, b, alpha, beta);
   }
 }
 

@@ -1,5 +1,6 @@
-// Matrix products on the GPU through cuBLASLt: f32 (exact fp32 by default, TF32 on request), bf16
-// inputs with fp32 accumulation, f64; 2-D, batched and broadcast batches, transposed operands read
+// Matrix products on the GPU through cuBLASLt: f32 (exact fp32, or TF32 / bf16 / fp16 tensor-core
+// inputs with fp32 accumulation as the matmul precision says), bf16 inputs with fp32 accumulation,
+// f64; 2-D, batched and broadcast batches, transposed operands read
 // in place as views, alpha/beta. Compiled only by nvcc.
 #pragma once
 
@@ -9,6 +10,7 @@
 #include <mutex>
 
 #include "../../expr/assign.hpp"
+#include "../matmul_precision.hpp"
 #include "../matmul_shapes.hpp"
 #include "allocator.cuh"
 
@@ -16,10 +18,29 @@ namespace flsl {
 
 /// Options of a CUDA matrix product.
 struct gemm_options {
-  /// f32 products may round their inputs to TF32 (10-bit mantissa) on the tensor cores: about
-  /// 8x the fp32 throughput, relative errors near 1e-3. Off by default (exact fp32 arithmetic).
-  bool allow_tf32 = false;
+  /// How f32 products treat their inputs (backend/matmul_precision.hpp); by default the
+  /// library-wide setting at the time the options are made. tf32, bf16 and fp16 run on the tensor
+  /// cores with fp32 accumulation (relative errors near 1e-3, 1e-2 and 1e-3; fp16 overflows past
+  /// 65504, see optim/grad_scaler.hpp). f64 and bf16 tensors ignore it.
+  matmul_precision precision = get_matmul_precision();
 };
+
+namespace cuda_detail {
+/// cuBLASLt's compute type for a product of T under precision p.
+template <class T>
+cublasComputeType_t compute_type(matmul_precision p) {
+  if constexpr (std::is_same_v<T, double>) return CUBLAS_COMPUTE_64F;
+  if constexpr (std::is_same_v<T, float>) {
+    switch (p) {
+      case matmul_precision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
+      case matmul_precision::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
+      case matmul_precision::fp16: return CUBLAS_COMPUTE_32F_FAST_16F;
+      case matmul_precision::exact: break;
+    }
+  }
+  return CUBLAS_COMPUTE_32F;
+}
+}  // namespace cuda_detail
 
 namespace cuda_detail {
 
@@ -96,10 +117,7 @@ template <class T>
 void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
           double alpha, double beta, const gemm_options& opt) {
   using scale_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-  const cublasComputeType_t compute = std::is_same_v<T, double> ? CUBLAS_COMPUTE_64F
-                                      : std::is_same_v<T, float> && opt.allow_tf32
-                                          ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                          : CUBLAS_COMPUTE_32F;
+  const cublasComputeType_t compute = compute_type<T>(opt.precision);
   const cudaDataType_t type = cuda_type<T>();
   const bool batched = c.rank() == 3;
   const index_t batch = batched ? c.size(0) : 1;
