@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <flsl/backend/cpu/gemm.hpp>
 #include <flsl/backend/cuda.cuh>
 #include <flsl/expr/reduce.hpp>
 #include <sstream>
@@ -298,6 +299,44 @@ TEST_CASE("matmul on cuda: TF32 when allowed, bf16 inputs with fp32 accumulation
                Tensor<bf16>(cast<bf16>(Tensor<float>::randn({3, 32, 8}, 53))), 1e-2);
   CHECK_THROWS_WITH_AS(matmul(a.to<cuda>(), a.to<cuda>()), doctest::Contains("inner dimensions"),
                        flsl::error);
+}
+
+// The matmul precision policy reaches cuBLASLt's compute type. Exact-value inputs first (the CPU
+// test's, tests/core/test_matmul.cpp): with K = 64 ones, every partial sum is exact in fp32, so
+// the result shows only the input rounding, whatever order the tensor cores add in. Then random
+// data against the CPU's emulation of the same rounding: the inputs are rounded identically, so
+// only the fp32 accumulation order differs: 1e-5 of |a| @ |b|, as for exact fp32 (if cuBLASLt
+// rounded its inputs other than to nearest even, this is where it shows).
+TEST_CASE("matmul on cuda follows the matmul precision and matches the CPU's emulation") {
+  SKIP_WITHOUT_CUDA_DEVICE();
+  const index_t K = 64;
+  const auto ones = Tensor<float, cuda>::full({K, 3}, 1.0f);
+  auto product = [&](float v, matmul_precision p) {
+    matmul_precision_scope scope(p);  // the library-wide setting, not gemm_options
+    return matmul(Tensor<float, cuda>::full({2, K}, v), ones).to<cpu>().to_vector();
+  };
+  const float a = 1.0f + std::ldexp(1.0f, -12), b = 1.0f + std::ldexp(1.0f, -9);
+  CHECK(product(a, matmul_precision::exact) == std::vector<float>(6, float(K) * a));
+  CHECK(product(a, matmul_precision::tf32) == std::vector<float>(6, float(K)));
+  CHECK(product(a, matmul_precision::fp16) == std::vector<float>(6, float(K)));
+  CHECK(product(b, matmul_precision::tf32) == std::vector<float>(6, float(K) * b));
+  CHECK(product(b, matmul_precision::fp16) == std::vector<float>(6, float(K) * b));
+  CHECK(product(b, matmul_precision::bf16) == std::vector<float>(6, float(K)));
+  CHECK(std::isinf(product(7e4f, matmul_precision::fp16)[0]));  // fp16 overflows past 65504
+  CHECK(product(7e4f, matmul_precision::bf16)[0] == float(K) * 70144.0f);
+
+  const auto x = Tensor<float>::randn({96, 128}, 54), y = Tensor<float>::randn({128, 40}, 55);
+  for (auto p : {matmul_precision::tf32, matmul_precision::bf16, matmul_precision::fp16}) {
+    CAPTURE(to_string(p));
+    matmul_precision_scope scope(p);
+    const auto [ref, scale] = reference_matmul(x, y);  // |x| @ |y| as the tolerance's scale
+    const Tensor<float> emulated = matmul(x, y);       // the CPU rounds the same inputs
+    check_close(matmul(x.to<cuda>(), y.to<cuda>()), emulated, 1e-5, 0.0, scale);
+    // an explicit gemm_options overrides the setting for one call
+    check_close(
+        matmul(x.to<cuda>(), y.to<cuda>(), gemm_options{.precision = matmul_precision::exact}), ref,
+        1e-5, 0.0, scale);
+  }
 }
 
 // The Philox words are integer arithmetic: identical on both devices, and so are the uniform
