@@ -66,6 +66,30 @@ struct architecture_info {
   bool operator==(const architecture_info&) const = default;
 };
 
+/// Running totals of the epoch in progress, so that an epoch's log record after a mid-epoch resume
+/// averages all of its steps, not only those since the resume.
+struct epoch_totals {
+  double loss = 0, ms = 0, km = 0, vmr = 0, seconds = 0;
+  index_t steps = 0, images = 0, skipped = 0;
+
+  nlohmann::ordered_json to_json() const {
+    return {{"loss", loss},       {"ms", ms},       {"km", km},         {"vmr", vmr},
+            {"seconds", seconds}, {"steps", steps}, {"images", images}, {"skipped", skipped}};
+  }
+  static epoch_totals from_json(const nlohmann::json& j) {
+    epoch_totals e;
+    e.loss = j.at("loss").get<double>();
+    e.ms = j.at("ms").get<double>();
+    e.km = j.at("km").get<double>();
+    e.vmr = j.at("vmr").get<double>();
+    e.seconds = j.at("seconds").get<double>();
+    e.steps = j.at("steps").get<index_t>();
+    e.images = j.at("images").get<index_t>();
+    e.skipped = j.at("skipped").get<index_t>();
+    return e;
+  }
+};
+
 /// Where a run stands. Every random draw of a run derives from the seed and these counters
 /// (parameter init from the seed; data order from (seed, epoch); views from (seed, epoch, image);
 /// stochastic depth from (seed, iteration)), so they are its whole random state.
@@ -76,8 +100,11 @@ struct run_position {
   index_t iters_per_epoch = 0;
   index_t images_seen = 0;
   std::uint64_t seed = 0;
-  double train_seconds = 0;          // time spent in steps so far
-  std::optional<double> start_miou;  // k-NN mIoU of the initial weights, once measured
+  double train_seconds = 0;           // time spent in steps so far
+  std::optional<double> start_miou;   // k-NN mIoU of the initial weights, once measured
+  std::optional<double> loss_scale;   // the dynamic loss scale (runs with loss scaling)
+  index_t loss_scale_good_steps = 0;  // finite steps since it last changed
+  epoch_totals epoch_so_far;          // the batch_in_epoch steps of the current epoch
 
   nlohmann::ordered_json to_json() const {
     nlohmann::ordered_json j = {
@@ -86,6 +113,11 @@ struct run_position {
         {"images_seen", images_seen},       {"seed", seed},
         {"train_seconds", train_seconds}};
     j["start_miou"] = start_miou ? nlohmann::ordered_json(*start_miou) : nlohmann::ordered_json();
+    if (loss_scale) {
+      j["loss_scale"] = *loss_scale;
+      j["loss_scale_good_steps"] = loss_scale_good_steps;
+    }
+    if (batch_in_epoch > 0) j["epoch_so_far"] = epoch_so_far.to_json();
     return j;
   }
   static run_position from_json(const nlohmann::json& j) {
@@ -99,6 +131,11 @@ struct run_position {
     p.train_seconds = j.value("train_seconds", 0.0);
     if (j.contains("start_miou") && j.at("start_miou").is_number())
       p.start_miou = j.at("start_miou").get<double>();
+    if (j.contains("loss_scale")) {
+      p.loss_scale = j.at("loss_scale").get<double>();
+      p.loss_scale_good_steps = j.value("loss_scale_good_steps", index_t(0));
+    }
+    if (j.contains("epoch_so_far")) p.epoch_so_far = epoch_totals::from_json(j.at("epoch_so_far"));
     return p;
   }
 };

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "../backend/matmul_precision.hpp"
 #include "../core/error.hpp"
 #include "../core/shape.hpp"
 
@@ -99,6 +100,11 @@ struct run_config {
   index_t freeze_last_layer = 1;
   double drop_path_rate = 0.1;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  // ---- precision (backend/matmul_precision.hpp, optim/grad_scaler.hpp)
+  std::string matmul_precision = "auto";  // auto: exact on cpu, bf16 on cuda
+  std::string loss_scale = "auto";        // auto: dynamic with fp16 products, none otherwise
+  double loss_scale_init = 65536.0;       // a dynamic scale's start
+  index_t loss_scale_growth_interval = 2000;
   // ---- evaluation
   bool eval = true;
   index_t eval_every = 0;  // epochs between evaluations besides start and end; 0: none
@@ -383,7 +389,27 @@ inline check_fn<std::string> one_of(std::vector<std::string> choices) {
   };
 }
 
+inline std::optional<double> parse_fixed_loss_scale(const std::string& v) {
+  const auto d = value_codec<double>::parse(v);
+  if (d && std::isfinite(*d) && *d > 0) return d;
+  return std::nullopt;
+}
+inline check_fn<std::string> loss_scale_value() {
+  return [](const std::string& v) {
+    if (v == "auto" || v == "dynamic" || v == "none" || parse_fixed_loss_scale(v))
+      return std::string();
+    return "'" + v + "' is not auto, dynamic, none or a positive number";
+  };
+}
+
 }  // namespace detail
+
+/// The matmul precision a run uses: --matmul_precision, with auto resolved for the device.
+inline matmul_precision resolved_matmul_precision(const run_config& c) {
+  if (c.matmul_precision == "auto")
+    return c.device == "cuda" ? matmul_precision::bf16 : matmul_precision::exact;
+  return parse_matmul_precision(c.matmul_precision);
+}
 
 /// The option table, in --help order.
 inline const std::vector<option>& options() {
@@ -579,6 +605,22 @@ inline const std::vector<option>& options() {
     add(make_option("adam_beta2", opt, "X", "AdamW beta2", &run_config::adam_beta2,
                     within(0, 1, true)));
     add(make_option("adam_eps", opt, "X", "AdamW epsilon", &run_config::adam_eps, positive()));
+    add(make_option("matmul_precision", opt, "P",
+                    "inputs of the f32 matrix products: exact, tf32, bf16 or fp16 (fp32 "
+                    "accumulation on the GPU's tensor cores; emulated, slower, on the CPU); auto: "
+                    "exact on cpu, bf16 on cuda",
+                    &run_config::matmul_precision,
+                    one_of({"auto", "exact", "tf32", "bf16", "fp16"})));
+    add(make_option("loss_scale", opt, "S",
+                    "backward seed for fp16 products: dynamic (start 65536, halve on an "
+                    "overflow and skip the step), none, or a fixed number; auto: dynamic with "
+                    "fp16, none otherwise",
+                    &run_config::loss_scale, loss_scale_value()));
+    add(make_option("loss_scale_init", opt, "S", "the start of a dynamic loss scale",
+                    &run_config::loss_scale_init, positive()));
+    add(make_option("loss_scale_growth_interval", opt, "N",
+                    "steps without overflow after which a dynamic loss scale doubles",
+                    &run_config::loss_scale_growth_interval, at_least(1)));
     // evaluation
     add(make_option("eval", ev, "",
                     "dense k-NN segmentation (mIoU) of the procedural validation split and "

@@ -173,6 +173,23 @@ inline optim::recipe recipe_of(const run_config& c, index_t iters_per_epoch) {
   return r;
 }
 
+/// The loss scaler a run uses: --loss_scale with auto resolved for the matmul precision.
+inline optim::grad_scaler_options resolved_loss_scale(const run_config& c) {
+  optim::grad_scaler_options o;
+  o.growth_interval = c.loss_scale_growth_interval;
+  o.init_scale = c.loss_scale_init;
+  if (c.loss_scale == "auto") {
+    o.enabled = resolved_matmul_precision(c) == matmul_precision::fp16;
+  } else if (c.loss_scale == "dynamic") {
+    o.enabled = true;
+  } else if (c.loss_scale != "none") {
+    o.enabled = true;
+    o.dynamic = false;
+    o.init_scale = *detail::parse_fixed_loss_scale(c.loss_scale);
+  }
+  return o;
+}
+
 // ---- resolving a run (before any work) ---------------------------------------------------------
 
 /// Options that only say how this process runs (never taken from a checkpoint).
@@ -334,6 +351,13 @@ class trainer {
         "; run folder '" + out_.string() + "'");
     make_data();
     make_models();
+    if (precision_ != matmul_precision::exact || learner_->loss_scaler().enabled())
+      say(std::string("matmul precision ") + std::string(to_string(precision_)) +
+          (on_host && precision_ != matmul_precision::exact ? " (emulated on the CPU)" : "") +
+          (learner_->loss_scaler().enabled()
+               ? ", loss scale " + detail::format_double(learner_->loss_scaler().scale()) +
+                     (learner_->loss_scaler().options().dynamic ? " (dynamic)" : " (fixed)")
+               : std::string()));
     if (run_.resume_from) {
       say("resuming from '" + run_.resume_from->string() + "' at epoch " +
           std::to_string(pos_.epoch + 1) + ", step " + std::to_string(pos_.batch_in_epoch) +
@@ -462,6 +486,8 @@ class trainer {
     so.clip_grad = c_.clip_grad;
     so.drop_path_rate = c_.drop_path_rate;
     so.adam = {c_.adam_beta1, c_.adam_beta2, c_.adam_eps};
+    so.loss_scale = resolved_loss_scale(c_);
+    precision_ = resolved_matmul_precision(c_);
     learner_ = std::make_unique<learner_t>(*student_, *teacher_, recipe_of(c_, iters_per_epoch_),
                                            lp, so, train_state{0, c_.seed});
     pos_.seed = c_.seed;
@@ -480,6 +506,8 @@ class trainer {
                " (the dataset changed)");
     pos_ = h.position;
     learner_->state().iteration = pos_.iteration;
+    if (learner_->loss_scaler().enabled() && pos_.loss_scale)  // else: start from init_scale
+      learner_->loss_scaler().set_state({*pos_.loss_scale, pos_.loss_scale_good_steps});
   }
 
   checkpoint_header header() const {
@@ -487,6 +515,10 @@ class trainer {
     h.experiment = Exp::name;
     h.arch = arch_;
     h.position = pos_;
+    if (learner_->loss_scaler().enabled()) {
+      h.position.loss_scale = learner_->loss_scaler().scale();
+      h.position.loss_scale_good_steps = learner_->loss_scaler().state().good_steps;
+    }
     h.config = config_json();
     return h;
   }
@@ -506,12 +538,13 @@ class trainer {
     while (pos_.epoch < c_.epochs) {
       if (stop_requested.load()) return interrupted();
       loader_->start_epoch(pos_.epoch, pos_.batch_in_epoch);
-      epoch_sums_ = {};
+      if (pos_.batch_in_epoch == 0) pos_.epoch_so_far = {};  // else resumed inside this epoch
       auto t_prev = clock::now();
       while (const data::Batch* b = loader_->next()) {
         flsl_views<T, Dev> views = make_views(*b);
         flsl_step_result res;
         try {
+          matmul_precision_scope precision(precision_);  // evaluation stays exact
           res = learner_->step(views);
         } catch (const flsl::error& e) {
           if (std::string(e.what()).find("the loss is not finite") == std::string::npos) throw;
@@ -533,7 +566,7 @@ class trainer {
           ri += n;
         }
         const double ips = rs > 0 ? double(ri) / rs : 0.0;
-        epoch_sums_.add(res, b->size, dt);
+        add_step(pos_.epoch_so_far, res, b->size, dt);
         if (pos_.iteration % c_.log_every == 0) log_step(res, dt, ips);
         progress_->step({pos_.iteration, pos_.epoch, pos_.batch_in_epoch, res.total, res.ms, res.km,
                          res.vmr, res.schedule.lr, ips});
@@ -606,24 +639,25 @@ class trainer {
     const nlohmann::ordered_json sched = schedule_json(res.schedule);
     for (auto it = sched.begin(); it != sched.end(); ++it) j[it.key()] = it.value();
     j["grad_norm_max"] = gmax;
+    if (learner_->loss_scaler().enabled()) {
+      j["loss_scale"] = res.loss_scale;
+      j["skipped"] = res.skipped;
+    }
     j["step_seconds"] = dt;
     j["images_per_second"] = ips;
     log_.write("step", j);
   }
 
-  struct epoch_stats {
-    double loss = 0, ms = 0, km = 0, vmr = 0, seconds = 0;
-    index_t steps = 0, images = 0;
-    void add(const flsl_step_result& r, index_t n, double dt) {
-      loss += r.total;
-      ms += r.ms;
-      km += r.km;
-      vmr += r.vmr;
-      seconds += dt;
-      images += n;
-      ++steps;
-    }
-  };
+  static void add_step(epoch_totals& e, const flsl_step_result& r, index_t n, double dt) {
+    e.skipped += r.skipped ? 1 : 0;
+    e.loss += r.total;
+    e.ms += r.ms;
+    e.km += r.km;
+    e.vmr += r.vmr;
+    e.seconds += dt;
+    e.images += n;
+    ++e.steps;
+  }
 
   void end_epoch() {
     const index_t done = pos_.epoch;  // the epoch just finished
@@ -632,7 +666,7 @@ class trainer {
     const auto path = save_checkpoint_last();
     if (c_.checkpoint_every > 0 && pos_.epoch % c_.checkpoint_every == 0)
       keep_epoch_checkpoint(path, epoch_checkpoint_path(out_, pos_.epoch));
-    const auto& e = epoch_sums_;
+    const epoch_totals e = pos_.epoch_so_far;
     const double n = double(std::max<index_t>(e.steps, 1));
     const auto sched = learner_->schedules().at(std::max<index_t>(pos_.iteration - 1, 0));
     nlohmann::ordered_json j = {
@@ -647,6 +681,10 @@ class trainer {
         {"images_per_second", e.seconds > 0 ? double(e.images) / e.seconds : 0.0}};
     const nlohmann::ordered_json sj = schedule_json(sched);
     for (auto it = sj.begin(); it != sj.end(); ++it) j[it.key()] = it.value();
+    if (learner_->loss_scaler().enabled()) {
+      j["loss_scale"] = learner_->loss_scaler().scale();
+      j["skipped_steps"] = e.skipped;
+    }
     log_.write("epoch", j);
     if (progress_->current_mode() == progress_display::mode::bar) progress_->finish();
     char buf[256];
@@ -656,6 +694,10 @@ class trainer {
         (long long)(done + 1), (long long)c_.epochs, e.loss / n, e.ms / n, e.km / n, e.vmr / n,
         e.seconds > 0 ? double(e.images) / e.seconds : 0.0, path.filename().string().c_str());
     say(buf);
+    if (e.skipped > 0)
+      say("epoch " + std::to_string(done + 1) + ": " + std::to_string(e.skipped) +
+          " steps skipped (fp16 gradients overflowed); loss scale now " +
+          detail::format_double(learner_->loss_scaler().scale()));
     if (c_.eval && c_.eval_every > 0 && pos_.epoch % c_.eval_every == 0 && pos_.epoch < c_.epochs)
       evaluate("epoch");
   }
@@ -815,9 +857,9 @@ class trainer {
   std::unique_ptr<host_net_t> host_teacher_;  // on a device: the host copy of host_teacher()
   std::unique_ptr<learner_t> learner_;
   run_position pos_;
+  matmul_precision precision_ = matmul_precision::exact;  // of the training steps' products
   run_log log_;
   std::unique_ptr<progress_display> progress_;
-  epoch_stats epoch_sums_;
   std::optional<evaluation::segmentation_set> eval_train_, eval_val_;
   std::optional<double> end_miou_;
 };
