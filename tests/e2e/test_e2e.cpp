@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -67,6 +68,31 @@ void check_bit_identical(const fs::path& a, const fs::path& b) {
     REQUIRE(ea.shape == eb.shape);
     CHECK(std::memcmp(fa.bytes(name), fb.bytes(name), ea.end - ea.begin) == 0);
   }
+}
+
+/// Trains `args` in one go into `dir`/whole, and into `dir`/split stopped after `stop_after` steps
+/// (`between` runs then) and resumed; the two runs' last checkpoints must be bit-identical.
+void check_split_run(const temp_dir& dir, const std::vector<std::string>& args, index_t stop_after,
+                     const std::function<void()>& between = {}) {
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), args.begin(), args.end());
+    return extra;
+  };
+  REQUIRE(run(with({"--out", dir / "whole"})) == train::exit_ok);
+  REQUIRE(run(with({"--out", dir / "split", "--max_steps", std::to_string(stop_after)})) ==
+          train::exit_ok);
+  if (between) between();
+  REQUIRE(run(with({"--out", dir / "split"})) == train::exit_ok);
+  check_bit_identical(train::last_checkpoint_path(dir / "whole"),
+                      train::last_checkpoint_path(dir / "split"));
+}
+
+/// iteration -> loss of a run's step records.
+std::map<index_t, double> step_losses(const fs::path& log) {
+  std::map<index_t, double> out;
+  for (const auto& r : read_log(log))
+    if (r.at("type") == "step") out[r.at("iteration")] = r.at("loss");
+  return out;
 }
 
 std::string error_of(const std::vector<std::string>& args) {
@@ -183,45 +209,24 @@ TEST_CASE("a run of a few steps writes a valid checkpoint, config, log, pictures
 
 TEST_CASE("N steps in one go and N/2 + resume + N/2 give bit-identical weights") {
   temp_dir dir("resume");
-  const std::vector<std::string> common = {"--eval", "false", "--epochs", "2"};
-  auto with = [&](std::vector<std::string> extra) {
-    extra.insert(extra.begin(), common.begin(), common.end());
-    return extra;
-  };
-  REQUIRE(run(with({"--out", dir / "whole"})) == train::exit_ok);
   // stop in the middle of the first epoch (3 of its 4 steps), then continue in a new process state
-  REQUIRE(run(with({"--out", dir / "split", "--max_steps", "3"})) == train::exit_ok);
-  train::checkpoint_header h;
-  train::open_checkpoint(train::last_checkpoint_path(dir / "split"), &h);
-  CHECK(h.position.iteration == 3);
-  CHECK(h.position.epoch == 0);
-  CHECK(h.position.batch_in_epoch == 3);
-  REQUIRE(run(with({"--out", dir / "split"})) == train::exit_ok);
-  check_bit_identical(train::last_checkpoint_path(dir / "whole"),
-                      train::last_checkpoint_path(dir / "split"));
+  check_split_run(dir, {"--eval", "false", "--epochs", "2"}, 3, [&] {
+    train::checkpoint_header h;
+    train::open_checkpoint(train::last_checkpoint_path(dir / "split"), &h);
+    CHECK(h.position.iteration == 3);
+    CHECK(h.position.epoch == 0);
+    CHECK(h.position.batch_in_epoch == 3);
+  });
   // the logged losses of every iteration agree too
-  std::map<index_t, double> a, b;
-  for (const auto& r : read_log(dir / "whole/log.jsonl"))
-    if (r.at("type") == "step") a[r.at("iteration")] = r.at("loss");
-  for (const auto& r : read_log(dir / "split/log.jsonl"))
-    if (r.at("type") == "step") b[r.at("iteration")] = r.at("loss");
+  const auto a = step_losses(dir / "whole/log.jsonl"), b = step_losses(dir / "split/log.jsonl");
   CHECK(a == b);
   CHECK(a.size() == 8);
 }
 
 TEST_CASE("with teacher centering the checkpoint holds the center and resume is bit-exact") {
   temp_dir dir("center");
-  const std::vector<std::string> common = {"--eval",           "false",      "--epochs", "1",
-                                           "--center_teacher", "--coef_vmr", "0"};
-  auto with = [&](std::vector<std::string> extra) {
-    extra.insert(extra.begin(), common.begin(), common.end());
-    return extra;
-  };
-  REQUIRE(run(with({"--out", dir / "whole"})) == train::exit_ok);
-  REQUIRE(run(with({"--out", dir / "split", "--max_steps", "2"})) == train::exit_ok);
-  REQUIRE(run(with({"--out", dir / "split"})) == train::exit_ok);
-  check_bit_identical(train::last_checkpoint_path(dir / "whole"),
-                      train::last_checkpoint_path(dir / "split"));
+  check_split_run(dir, {"--eval", "false", "--epochs", "1", "--center_teacher", "--coef_vmr", "0"},
+                  2);
   const io::safetensors_file f(train::last_checkpoint_path(dir / "whole"));
   REQUIRE(f.contains(train::teacher_center_name));
   const auto c = f.get<float>(train::teacher_center_name);
@@ -240,25 +245,10 @@ TEST_CASE("fp16 products with a dynamic loss scale: skips are logged, resume is 
   // this tiny model's gradients reach ~1e4 and overflow fp16 at a scale of 2048 or more: from
   // 4096 the first two steps are skipped, two good steps at 1024 double it, the next step at 2048
   // overflows again, and so on; the split run resumes in the middle of that, at step 5
-  const std::vector<std::string> common = {"--eval",
-                                           "false",
-                                           "--epochs",
-                                           "2",
-                                           "--matmul_precision",
-                                           "fp16",
-                                           "--loss_scale_init",
-                                           "4096",
-                                           "--loss_scale_growth_interval",
-                                           "2"};
-  auto with = [&](std::vector<std::string> extra) {
-    extra.insert(extra.begin(), common.begin(), common.end());
-    return extra;
-  };
-  REQUIRE(run(with({"--out", dir / "whole"})) == train::exit_ok);
-  REQUIRE(run(with({"--out", dir / "split", "--max_steps", "5"})) == train::exit_ok);
-  REQUIRE(run(with({"--out", dir / "split"})) == train::exit_ok);
-  check_bit_identical(train::last_checkpoint_path(dir / "whole"),
-                      train::last_checkpoint_path(dir / "split"));
+  check_split_run(dir,
+                  {"--eval", "false", "--epochs", "2", "--matmul_precision", "fp16",
+                   "--loss_scale_init", "4096", "--loss_scale_growth_interval", "2"},
+                  5);
   std::vector<double> scales;
   std::vector<bool> skipped;
   for (const auto& r : read_log(dir / "whole/log.jsonl"))
@@ -286,12 +276,7 @@ TEST_CASE("fp16 products with a dynamic loss scale: skips are logged, resume is 
   REQUIRE(hw.position.loss_scale);
   CHECK(hs.position.loss_scale == hw.position.loss_scale);
   CHECK(hs.position.loss_scale_good_steps == hw.position.loss_scale_good_steps);
-  std::map<index_t, double> a, b;
-  for (const auto& r : read_log(dir / "whole/log.jsonl"))
-    if (r.at("type") == "step") a[r.at("iteration")] = r.at("loss");
-  for (const auto& r : read_log(dir / "split/log.jsonl"))
-    if (r.at("type") == "step") b[r.at("iteration")] = r.at("loss");
-  CHECK(a == b);
+  CHECK(step_losses(dir / "whole/log.jsonl") == step_losses(dir / "split/log.jsonl"));
   // the epoch record after the mid-epoch resume averages the whole epoch, not only its last steps
   auto last_epoch = [&](const fs::path& log) {
     nlohmann::json last;
