@@ -32,10 +32,14 @@ cublasComputeType_t compute_type(matmul_precision p) {
   if constexpr (std::is_same_v<T, double>) return CUBLAS_COMPUTE_64F;
   if constexpr (std::is_same_v<T, float>) {
     switch (p) {
-      case matmul_precision::tf32: return CUBLAS_COMPUTE_32F_FAST_TF32;
-      case matmul_precision::bf16: return CUBLAS_COMPUTE_32F_FAST_16BF;
-      case matmul_precision::fp16: return CUBLAS_COMPUTE_32F_FAST_16F;
-      case matmul_precision::exact: break;
+      case matmul_precision::tf32:
+        return CUBLAS_COMPUTE_32F_FAST_TF32;
+      case matmul_precision::bf16:
+        return CUBLAS_COMPUTE_32F_FAST_16BF;
+      case matmul_precision::fp16:
+        return CUBLAS_COMPUTE_32F_FAST_16F;
+      case matmul_precision::exact:
+        break;
     }
   }
   return CUBLAS_COMPUTE_32F;
