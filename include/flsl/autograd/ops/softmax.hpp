@@ -9,37 +9,13 @@
 #include <cstdint>
 #include <limits>
 
+#include "../../expr/vector_math.hpp"
 #include "reduce.hpp"
 
 namespace flsl {
 
 namespace detail {
 
-/// e^x in f32 in straight-line code that the compiler vectorises (std::exp is one library call
-/// per element, ~10x slower here). Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by a
-/// degree-6 polynomial, times 2^n built in the exponent bits (as two factors, so n = 128 works).
-/// Within 1.03 ulp of e^x on [-87.3, 88.7] (checked over every float there); 0 below, where e^x
-/// is subnormal (< 1.2e-38); inf above; NaN stays NaN; exp_f32(0) = 1 exactly.
-FLSL_INLINE float exp_f32(float x) {
-  constexpr float hi = 88.72283935546875f, lo = -87.33654022216797f;
-  constexpr float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float xc = std::min(std::max(x, lo), hi);
-  const float t = xc * 1.44269504088896341f + round_magic;
-  const float n = t - round_magic;                                // round(x / ln2)
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;  // x - n ln2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const std::int32_t ni = std::bit_cast<std::int32_t>(t) - std::bit_cast<std::int32_t>(round_magic);
-  const std::int32_t h = ni >> 1;
-  const float res =
-      p * std::bit_cast<float>((h + 127) << 23) * std::bit_cast<float>((ni - h + 127) << 23);
-  return x < lo ? 0.0f : x > hi ? std::numeric_limits<float>::infinity() : res;
-}
 /// e^x in the compute type: the vectorised exp_f32 for f32, std::exp for f64 (the gradient checks
 /// run in f64 and compare to the library's exp).
 template <class C>
