@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../../expr/vector_math.hpp"
 #include "../elementwise.hpp"
 #include "../gradcheck.hpp"
 
@@ -83,24 +84,9 @@ FLSL_INLINE T max(const T* x, index_t n) {
   return acc[0];
 }
 
-/// e^x in f32 arithmetic that vectorises (Cephes' expf): x = n ln2 + r with |r| <= ln2 / 2, e^r
-/// by a degree-6 polynomial, 2^n built in the exponent bits. Within 1.5 ulp of exp on
-/// [-87.33, 88.72]; 0 below (no denormals), FLT_MAX above.
-FLSL_INLINE float exp(float x) {
-  constexpr float lo = -87.33654f, hi = 88.72283f;
-  const float xc = std::min(std::max(x, lo), hi);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;            // ln2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float two_n = std::bit_cast<float>((std::int32_t(n) + 127) << 23);
-  return x < lo ? 0.0f : p * two_n;
-}
+/// e^x in f32 arithmetic that vectorises (expr/vector_math.hpp); the arguments here are x - max
+/// <= 0.
+FLSL_INLINE float exp(float x) { return detail::exp_f32(x); }
 /// f64 is the checking precision: libm's exp.
 FLSL_INLINE double exp(double x) { return std::exp(x); }
 
