@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -164,10 +165,16 @@ TEST_CASE("a run of a few steps writes a valid checkpoint, config, log, pictures
   CHECK(count_type(log, "end") == 1);
   for (const auto& r : log) {
     if (r.at("type") != "step") continue;
-    for (const char* k :
-         {"loss", "loss_ms", "loss_km", "loss_vmr", "lr", "weight_decay", "momentum",
-          "teacher_temp", "b_sa", "b_ca", "coef_ms", "last_layer_frozen", "images_per_second"})
+    for (const char* k : {"loss", "loss_ms", "loss_km", "loss_vmr", "teacher_entropy",
+                          "student_entropy", "lr", "weight_decay", "momentum", "teacher_temp",
+                          "b_sa", "b_ca", "coef_ms", "last_layer_frozen", "images_per_second"})
       CHECK_MESSAGE(r.contains(k), k);
+    // assignment entropies lie in (0, log K]
+    for (const char* k : {"teacher_entropy", "student_entropy"}) {
+      CAPTURE(k);
+      CHECK(r.at(k).get<double>() > 0);
+      CHECK(r.at(k).get<double>() <= std::log(double(exp_t::out_dim)) + 1e-9);
+    }
   }
   for (const auto& r : log)
     if (r.at("type") == "eval") CHECK(r.at("knn_miou").get<double>() >= 0);
@@ -285,7 +292,8 @@ TEST_CASE("fp16 products with a dynamic loss scale: skips are logged, resume is 
     return last;
   };
   const auto ew = last_epoch(dir / "whole/log.jsonl"), es = last_epoch(dir / "split/log.jsonl");
-  for (const char* key : {"steps", "loss", "loss_ms", "loss_km", "loss_vmr", "skipped_steps"}) {
+  for (const char* key : {"steps", "loss", "loss_ms", "loss_km", "loss_vmr", "teacher_entropy",
+                          "student_entropy", "skipped_steps"}) {
     CAPTURE(key);
     CHECK(es.at(key) == ew.at(key));
   }

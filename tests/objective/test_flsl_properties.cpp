@@ -148,6 +148,53 @@ TEST_CASE("teacher centering subtracts the center before the teacher's softmax")
       doctest::Contains("teacher center of shape"), flsl::error);
 }
 
+TEST_CASE(
+    "the assignment entropies are the mean entropies of the teacher's q and the student's p") {
+  net_t s(1), t(3);
+  const auto v = views(50);
+  const index_t K = 32;  // the prototypes of net_t's projection head
+  const auto center = Tensor<double>::randn({K}, 51);
+  const double tau_t = 0.05, tau_s = 0.1;
+  const auto r = flsl_loss(s, t, v, tau_t, flsl_loss_params{}, {}, {}, center);
+  const index_t R = r.teacher_logits.size(0);
+  REQUIRE(r.teacher_logits.size(-1) == K);
+  // H of softmax(l / tau) per row, averaged over the rows, from the logits in double
+  const auto mean_entropy = [&](const std::vector<double>& l, const std::vector<double>& shift,
+                                double tau) {
+    double total = 0;
+    for (index_t i = 0; i < R; ++i) {
+      std::vector<double> a(static_cast<std::size_t>(K));
+      double amax = -1e300, z = 0;
+      for (index_t k = 0; k < K; ++k) {
+        a[std::size_t(k)] = (l[std::size_t(i * K + k)] - shift[std::size_t(k)]) / tau;
+        amax = std::max(amax, a[std::size_t(k)]);
+      }
+      for (double x : a) z += std::exp(x - amax);
+      for (double x : a) {
+        const double logp = x - amax - std::log(z);
+        total -= std::exp(logp) * logp;
+      }
+    }
+    return total / double(R);
+  };
+  const double h_teacher = mean_entropy(r.teacher_logits.to_vector(), center.to_vector(), tau_t);
+  const double h_student = mean_entropy(r.student_logits.value().to_vector(),
+                                        std::vector<double>(std::size_t(K), 0.0), tau_s);
+  CHECK(r.teacher_entropy.item() == doctest::Approx(h_teacher).epsilon(1e-12));
+  CHECK(r.student_entropy.item() == doctest::Approx(h_student).epsilon(1e-12));
+  CHECK(h_teacher > 0);
+  CHECK(h_student > 0);
+  CHECK(h_teacher < std::log(double(K)));
+  CHECK(h_student < std::log(double(K)));
+  // the centre moves the teacher's entropy, not the student's
+  const auto plain = flsl_loss(s, t, v, tau_t, flsl_loss_params{});
+  CHECK(std::abs(plain.teacher_entropy.item() - h_teacher) > 1e-3);
+  CHECK(plain.student_entropy.item() == doctest::Approx(h_student).epsilon(1e-12));
+  // a sharper teacher temperature gives sharper assignments
+  CHECK(flsl_loss(s, t, v, 0.01, flsl_loss_params{}).teacher_entropy.item() <
+        plain.teacher_entropy.item());
+}
+
 TEST_CASE("the learner's teacher center is the EMA of the batch-mean teacher logits") {
   net_t s(1), t(1), s2(1), t2(1);
   flsl_loss_params lp;
@@ -178,6 +225,8 @@ TEST_CASE("the learner's teacher center is the EMA of the batch-mean teacher log
     const auto rb = b.step(batch);
     CHECK(ra.km == rb.km);
     CHECK(ra.km == doctest::Approx(r.km.value().item()).epsilon(1e-12));
+    CHECK(ra.teacher_entropy == doctest::Approx(r.teacher_entropy.item()).epsilon(1e-12));
+    CHECK(ra.student_entropy == doctest::Approx(r.student_entropy.item()).epsilon(1e-12));
     const auto got = a.teacher_center().to_vector();
     for (index_t k = 0; k < K; ++k)
       CHECK(got[std::size_t(k)] == doctest::Approx(expect[std::size_t(k)]).epsilon(1e-12));

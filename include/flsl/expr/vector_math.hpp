@@ -42,9 +42,9 @@ FLSL_INLINE float exp_f32(float x) {
       p * std::bit_cast<float>((h + 127) << 23) * std::bit_cast<float>((ni - h + 127) << 23);
   return x < lo ? 0.0f : x > hi ? std::numeric_limits<float>::infinity() : res;
 }
-/// erf(x) (coefficients from tools/fit_erf_f32.py). For |x| < 1, x P(x^2) with P of degree 6; for 1
-/// <= |x| < 4, 1 - e^(-x^2) Q(1 / |x|) with Q of degree 10 fitting erfc(t) e^(t^2); beyond 4, +-1
-/// (erfc(4) = 1.5e-8 is below half an ulp of 1). P and Q are relative minimax fits (iteratively
+/// erf(x) (coefficients from tools/fit_erf_f32.py). For |x| < 1, x P(x^2) with P of degree 6;
+/// for 1 <= |x| < 4, 1 - e^(-x^2) Q(1 / |x|) with Q of degree 10 fitting erfc(t) e^(t^2); beyond 4,
+/// +-1 (erfc(4) = 1.5e-8 is below half an ulp of 1). P and Q are relative minimax fits (iteratively
 /// reweighted least squares, in f64; max relative error 1.2e-9 and 2.2e-9 before rounding to f32).
 FLSL_INLINE float erf_f32(float x) {
   const float ax = std::fabs(x);

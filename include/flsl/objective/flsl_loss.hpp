@@ -55,6 +55,9 @@ struct flsl_loss_result {
   Tensor<T, D> zplus;                       // [R, D]
   Var<T, D> student_logits;                 // [R, K]
   Tensor<T, D> teacher_logits;              // [R, K]
+  // diagnostics (no gradient): the mean entropy over the queries of the teacher's assignments q
+  // and of the student's p, in nats (log K: uniform, 0: one-hot); the batch mean's is log K - L_vmr
+  Tensor<T, D> teacher_entropy, student_entropy;  // [] each
 };
 
 /// Averages the batch-mean probability over processes (a no-op on one process).
@@ -144,11 +147,17 @@ flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const f
       logits = Var<T, D>(logits - Var<T, D>(center));
     }
     q = softmax(Var<T, D>(logits / teacher_temp), -1).value();
+    r.teacher_entropy = soft_cross_entropy(logits, q, teacher_temp).value();  // H(q)
   }
   r.km = soft_cross_entropy(r.student_logits, q, p.student_temp);
 
   // volume maximisation: KL(mean_i p_i || uniform), the mean over every query of every process
   Var<T, D> probs = softmax(Var<T, D>(r.student_logits / p.student_temp), -1);
+  {
+    no_grad ng;
+    r.student_entropy =
+        soft_cross_entropy(r.student_logits.detach(), probs.value(), p.student_temp).value();
+  }
   Var<T, D> pbar = mean(probs, {0});
   if (allreduce) allreduce(pbar.value());
   r.vmr = kl_to_uniform(pbar);

@@ -69,12 +69,20 @@ struct architecture_info {
 /// Running totals of the epoch in progress, so that an epoch's log record after a mid-epoch resume
 /// averages all of its steps, not only those since the resume.
 struct epoch_totals {
-  double loss = 0, ms = 0, km = 0, vmr = 0, seconds = 0;
+  double loss = 0, ms = 0, km = 0, vmr = 0, teacher_entropy = 0, student_entropy = 0, seconds = 0;
   index_t steps = 0, images = 0, skipped = 0;
 
   nlohmann::ordered_json to_json() const {
-    return {{"loss", loss},       {"ms", ms},       {"km", km},         {"vmr", vmr},
-            {"seconds", seconds}, {"steps", steps}, {"images", images}, {"skipped", skipped}};
+    return {{"loss", loss},
+            {"ms", ms},
+            {"km", km},
+            {"vmr", vmr},
+            {"teacher_entropy", teacher_entropy},
+            {"student_entropy", student_entropy},
+            {"seconds", seconds},
+            {"steps", steps},
+            {"images", images},
+            {"skipped", skipped}};
   }
   static epoch_totals from_json(const nlohmann::json& j) {
     epoch_totals e;
@@ -82,6 +90,9 @@ struct epoch_totals {
     e.ms = j.at("ms").get<double>();
     e.km = j.at("km").get<double>();
     e.vmr = j.at("vmr").get<double>();
+    // absent in checkpoints written before the entropies were logged
+    e.teacher_entropy = j.value("teacher_entropy", 0.0);
+    e.student_entropy = j.value("student_entropy", 0.0);
     e.seconds = j.at("seconds").get<double>();
     e.steps = j.at("steps").get<index_t>();
     e.images = j.at("images").get<index_t>();

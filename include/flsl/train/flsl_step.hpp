@@ -33,6 +33,7 @@ struct flsl_step_options {
 /// finite: the weights and moments did not change, the teacher EMA and the iteration advanced).
 struct flsl_step_result {
   double total = 0, ms = 0, km = 0, vmr = 0;
+  double teacher_entropy = 0, student_entropy = 0;  // mean H(q), H(p) per query (nats)
   optim::scheduled_values schedule;
   std::vector<double> grad_norms;
   double loss_scale = 1.0;
@@ -115,6 +116,8 @@ class flsl_learner {
     res.ms = double(r.ms.value().item());
     res.km = double(r.km.value().item());
     res.vmr = double(r.vmr.value().item());
+    res.teacher_entropy = double(r.teacher_entropy.item());
+    res.student_entropy = double(r.student_entropy.item());
     FLSL_CHECK(std::isfinite(res.total), "flsl step ", state_.iteration, " (epoch ", s.epoch,
                "): the loss is not finite: total ", res.total, ", L_ms ", res.ms, ", L_km ", res.km,
                ", L_vmr ", res.vmr, "; the weights were not updated");

@@ -632,10 +632,15 @@ class trainer {
     double gmax = 0;
     for (double g : res.grad_norms)
       if (std::isfinite(g)) gmax = std::max(gmax, g);
-    nlohmann::ordered_json j = {
-        {"iteration", pos_.iteration}, {"epoch", pos_.epoch}, {"batch", pos_.batch_in_epoch},
-        {"loss", res.total},           {"loss_ms", res.ms},   {"loss_km", res.km},
-        {"loss_vmr", res.vmr}};
+    nlohmann::ordered_json j = {{"iteration", pos_.iteration},
+                                {"epoch", pos_.epoch},
+                                {"batch", pos_.batch_in_epoch},
+                                {"loss", res.total},
+                                {"loss_ms", res.ms},
+                                {"loss_km", res.km},
+                                {"loss_vmr", res.vmr},
+                                {"teacher_entropy", res.teacher_entropy},
+                                {"student_entropy", res.student_entropy}};
     const nlohmann::ordered_json sched = schedule_json(res.schedule);
     for (auto it = sched.begin(); it != sched.end(); ++it) j[it.key()] = it.value();
     j["grad_norm_max"] = gmax;
@@ -654,6 +659,8 @@ class trainer {
     e.ms += r.ms;
     e.km += r.km;
     e.vmr += r.vmr;
+    e.teacher_entropy += r.teacher_entropy;
+    e.student_entropy += r.student_entropy;
     e.seconds += dt;
     e.images += n;
     ++e.steps;
@@ -677,6 +684,8 @@ class trainer {
         {"loss_ms", e.ms / n},
         {"loss_km", e.km / n},
         {"loss_vmr", e.vmr / n},
+        {"teacher_entropy", e.teacher_entropy / n},
+        {"student_entropy", e.student_entropy / n},
         {"seconds", e.seconds},
         {"images_per_second", e.seconds > 0 ? double(e.images) / e.seconds : 0.0}};
     const nlohmann::ordered_json sj = schedule_json(sched);
@@ -687,11 +696,13 @@ class trainer {
     }
     log_.write("epoch", j);
     if (progress_->current_mode() == progress_display::mode::bar) progress_->finish();
-    char buf[256];
+    char buf[320];
     std::snprintf(
         buf, sizeof buf,
-        "epoch %lld/%lld: loss %.4f (ms %.4f km %.4f vmr %.4f), %.1f img/s; checkpoint '%s'",
+        "epoch %lld/%lld: loss %.4f (ms %.4f km %.4f vmr %.4f), assignment entropy teacher %.2f "
+        "student %.2f (uniform %.2f), %.1f img/s; checkpoint '%s'",
         (long long)(done + 1), (long long)c_.epochs, e.loss / n, e.ms / n, e.km / n, e.vmr / n,
+        e.teacher_entropy / n, e.student_entropy / n, std::log(double(c_.out_dim)),
         e.seconds > 0 ? double(e.images) / e.seconds : 0.0, path.filename().string().c_str());
     say(buf);
     if (e.skipped > 0)

@@ -7,9 +7,7 @@
 #include <tbb/parallel_for.h>
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
-#include <cstdint>
 
 #include "../../expr/vector_math.hpp"
 #include "../elementwise.hpp"
