@@ -1,14 +1,15 @@
-// Batch loader: a oneTBB parallel pipeline that loads, decodes and multi-crops images into batch
-// tensors in the background while the consumer trains on the previous batch; bounded memory,
-// epoch shuffling, drop_last, and batch content that depends only on (seed, epoch, index).
+// Batch loader: a producer thread that loads, decodes and multi-crops images into batch tensors
+// (in parallel, in a oneTBB arena) in the background while the consumer trains on the previous
+// batch; bounded memory, epoch shuffling, drop_last, and batch content that depends only on (seed,
+// epoch, index).
 #pragma once
 
 #include <tbb/concurrent_queue.h>
 #include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
-#include <tbb/parallel_pipeline.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -191,6 +192,7 @@ class Loader {
       while (ready_->try_pop(b))
         if (b) free_.push(b);
       ready_->abort();
+      free_.abort();
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     producer_.join();
@@ -206,41 +208,49 @@ class Loader {
     SourceImage src;
   };
 
+  // The producer thread's loop. Every wait (for a free buffer, for room in the ready queue) is
+  // on this thread, outside any oneTBB task: a task that blocks holds its thread, and with one
+  // worker on two cores that was the worker the training step needed (the step's products then
+  // ran on the main thread alone; the default run used 1.37 of its 2 cores). The arena runs only
+  // the filling, in_flight batches at a time, and its threads return as soon as they are built.
   void produce(std::int64_t epoch, std::int64_t first) {
+    std::vector<Batch*> group;
     try {
-      arena_.execute([&] {
-        std::int64_t next_index = first;
-        const std::int64_t end = batches_per_epoch();
-        tbb::parallel_pipeline(
-            std::size_t(p_.in_flight),
-            tbb::make_filter<void, Batch*>(
-                tbb::filter_mode::serial_in_order,
-                [&](tbb::flow_control& fc) -> Batch* {
-                  Batch* b = nullptr;
-                  if (next_index >= end || stop_.load()) {
-                    fc.stop();
-                    return nullptr;
-                  }
-                  // in_flight + prefetch + 1 buffers: one is always free here
-                  FLSL_CHECK(free_.try_pop(b), "Loader: internal error, no free batch buffer");
-                  b->epoch = epoch;
-                  b->index = next_index++;
-                  return b;
-                }) &
-                tbb::make_filter<Batch*, Batch*>(tbb::filter_mode::parallel,
-                                                 [&](Batch* b) {
-                                                   if (!stop_.load())
-                                                     fill(epoch, b->index, order_, *b);
-                                                   return b;
-                                                 }) &
-                tbb::make_filter<Batch*, void>(tbb::filter_mode::serial_in_order,
-                                               [&](Batch* b) { ready_->push(b); }));
-      });
+      const std::int64_t end = batches_per_epoch();
+      for (std::int64_t next_index = first; next_index < end && !stop_.load();) {
+        // in_flight + prefetch + 1 buffers: the consumer's, prefetch ready ones, this group
+        Batch* b = nullptr;
+        free_.pop(b);  // returns once the consumer hands one back (stop() aborts the wait)
+        group.push_back(b);
+        while (std::int64_t(group.size()) <
+                   std::min<std::int64_t>(p_.in_flight, end - next_index) &&
+               free_.try_pop(b))
+          group.push_back(b);
+        if (stop_.load()) break;
+        std::vector<std::exception_ptr> failed(group.size());
+        arena_.execute([&] {
+          tbb::parallel_for(std::size_t(0), group.size(), [&](std::size_t g) {
+            try {
+              fill(epoch, next_index + std::int64_t(g), order_, *group[g]);
+            } catch (...) {
+              failed[g] = std::current_exception();
+            }
+          });
+        });
+        next_index += std::int64_t(group.size());
+        // in order; a failure is reported after the batches before it are served
+        for (std::size_t g = 0; !group.empty(); ++g) {
+          if (failed[g]) std::rethrow_exception(failed[g]);
+          ready_->push(group.front());
+          group.erase(group.begin());
+        }
+      }
     } catch (const tbb::user_abort&) {
       // stop(): nothing to report
     } catch (...) {
       error_ = std::current_exception();
     }
+    for (Batch* b : group) free_.push(b);
     try {
       if (!stop_.load()) ready_->push(nullptr);  // end of epoch (stop() drains while waiting)
     } catch (const tbb::user_abort&) {
@@ -325,7 +335,7 @@ class Loader {
   std::vector<std::unique_ptr<Batch>> buffers_;
   std::vector<std::int64_t> order_;
   std::unique_ptr<tbb::concurrent_bounded_queue<Batch*>> ready_;
-  tbb::concurrent_queue<Batch*> free_;
+  tbb::concurrent_bounded_queue<Batch*> free_;
   Batch* current_ = nullptr;
   std::thread producer_;
   std::atomic<bool> stop_{false}, done_{false};
