@@ -1,6 +1,6 @@
 // The default experiment, built as `flsl_pretrain`: ViT-Tiny/16 (or --arch small|base, --patch 8)
 // in f32 on the CPU, with a short-run recipe that trains on the built-in procedural dataset in
-// about seven minutes on two cores. Its k-NN segmentation shows no gain over random weights yet;
+// 5 to 12 minutes on two cores. Its k-NN segmentation shows no gain over random weights yet;
 // the linear probe (on by default here) shows the features learnt to tell objects from background
 // (docs/training.md, "Measured").
 
@@ -15,8 +15,9 @@ struct default_experiment {
   static constexpr const char* name = "flsl_pretrain";
   static constexpr const char* description =
       "Pretrains a Vision Transformer with FLSL (feature-level self-supervised learning). With no "
-      "options it trains vit_tiny/16 on the built-in procedural dataset on the CPU in about ten "
-      "minutes, with a short-run recipe (small views, few epochs, higher learning rate), and "
+      "options it trains vit_tiny/16 on the built-in procedural dataset on the CPU in 5 to 12 "
+      "minutes on 2 cores, with a short-run recipe (small views, few epochs, higher learning "
+      "rate), and "
       "prints the dense k-NN segmentation mIoU of the random and of the trained weights. "
       "--data DIR trains on a folder of images; every value of the published recipe is an option.";
   using value_type = float;

@@ -201,6 +201,44 @@ TEST_CASE("loader: an image that fails is replaced by the next one, with one war
   CHECK(log[0].find("image-3.jpg") != std::string::npos);
 }
 
+/// A dataset whose images from 20 on all fail (more in a row than the loader replaces).
+struct BrokenTail {
+  ProceduralDataset inner = small_procedural(40);
+  std::size_t size() const { return inner.size(); }
+  void load(std::size_t i, SourceImage& out) const {
+    if (i >= 20) throw flsl::error("cannot decode 'image-" + std::to_string(i) + ".jpg'");
+    inner.load(i, out);
+  }
+};
+
+TEST_CASE("loader: a batch that cannot be filled is reported after the batches before it") {
+  const BrokenTail ds;
+  for (int in_flight : {1, 2, 3}) {
+    CAPTURE(in_flight);
+    LoaderParams lp;
+    lp.batch_size = 5;
+    lp.shuffle = false;
+    lp.in_flight = in_flight;
+    lp.log = [](const std::string&) {};
+    Loader loader(ds, small_views(), lp);
+    loader.start_epoch(0);
+    // batches 0-3 hold images 0-19; batch 4's first image and the 15 after it fail
+    for (std::int64_t k = 0; k < 4; ++k) {
+      const Batch* b = loader.next();
+      REQUIRE(b != nullptr);
+      CHECK(b->index == k);
+      CHECK(b->indices(0) == 5 * k);
+    }
+    CHECK_THROWS_WITH_AS(loader.next(), doctest::Contains("image 20 and the 15 next ones"),
+                         flsl::error);
+    CHECK(loader.next() == nullptr);
+    loader.start_epoch(0);  // the loader is usable again
+    const Batch* b = loader.next();
+    REQUIRE(b != nullptr);
+    CHECK(b->index == 0);
+  }
+}
+
 TEST_CASE("loader: folder dataset end to end, a truncated file replaced at load time") {
   flsl::data::testing::TempDir dir;
   const auto jpeg = encode_jpeg(flsl::data::testing::smooth_image(160, 120), 90);
