@@ -275,9 +275,17 @@ class Loader {
     b.local_queries = s.local_queries.narrow(0, 0, n * L);
     b.labels = s.labels.narrow(0, 0, n);
     b.indices = s.indices.narrow(0, 0, n);
+    // a failure names the batch's first failing sample, whatever the threads' timing
+    std::vector<std::exception_ptr> failed(static_cast<std::size_t>(n));
     tbb::parallel_for(std::int64_t(0), n, [&](std::int64_t k) {
-      sample(epoch, std::size_t(order[std::size_t(begin + k)]), b, k);
+      try {
+        sample(epoch, std::size_t(order[std::size_t(begin + k)]), b, k);
+      } catch (...) {
+        failed[std::size_t(k)] = std::current_exception();
+      }
     });
+    for (const auto& e : failed)
+      if (e) std::rethrow_exception(e);
   }
 
   /// Views of dataset image `idx` into slot k of `b`; a failing image is replaced by the next.
