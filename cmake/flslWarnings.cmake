@@ -15,12 +15,26 @@ function(flsl_project_target target)
   target_link_libraries(${target} PRIVATE flsl::flsl)
 endfunction()
 
-# flsl_add_test(NAME n LABELS l1 [l2...] SOURCES a.cpp [b.cpp...] [ARGS ...])
-# One doctest executable registered with CTest under the given labels.
+# A test executable's optimisation level: FLSL_TEST_OPTIMIZATION (CMakeLists.txt) after the build
+# type's flags, for the host compiler and for nvcc's host side.
+function(flsl_test_optimization target)
+  if(FLSL_TEST_OPTIMIZATION)
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CXX>:${FLSL_TEST_OPTIMIZATION}>
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=${FLSL_TEST_OPTIMIZATION}>)
+  endif()
+endfunction()
+
+# flsl_add_test(NAME n LABELS l1 [l2...] SOURCES a.cpp [b.cpp...] [ARGS ...] [FULL_OPTIMIZATION])
+# One doctest executable registered with CTest under the given labels, compiled at
+# FLSL_TEST_OPTIMIZATION unless FULL_OPTIMIZATION keeps the build type's level.
 function(flsl_add_test)
-  cmake_parse_arguments(T "" "NAME" "LABELS;SOURCES;ARGS" ${ARGN})
+  cmake_parse_arguments(T "FULL_OPTIMIZATION" "NAME" "LABELS;SOURCES;ARGS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
   flsl_project_target(${T_NAME})
+  if(NOT T_FULL_OPTIMIZATION)
+    flsl_test_optimization(${T_NAME})
+  endif()
   target_link_libraries(${T_NAME} PRIVATE doctest::doctest flsl_doctest_main)
   add_test(NAME ${T_NAME} COMMAND ${T_NAME} ${T_ARGS})
   set_tests_properties(${T_NAME} PROPERTIES LABELS "${T_LABELS}")
