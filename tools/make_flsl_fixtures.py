@@ -158,6 +158,28 @@ def resize_table(tab, n_new):
     return t.permute(0, 2, 3, 1).reshape(n_new * n_new, -1).contiguous()
 
 
+def resize_table_rect(tab, rows, cols):
+    """the square table resized to a rows x cols grid (F.interpolate, bicubic, align_corners=False)"""
+    n = int(round(math.sqrt(tab.shape[0])))
+    t = tab.reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    t = F.interpolate(t, size=(rows, cols), mode="bicubic", align_corners=False)
+    return t.permute(0, 2, 3, 1).reshape(rows * cols, -1).contiguous()
+
+
+# rectangular resizes of sin-cos tables for tests/nn/test_vit.cpp: (dim, base grid, rows, cols);
+# 14 -> 30 x 52 is a 480 x 832 frame at patch 16 (the DAVIS evaluation)
+POS_TABLE_CASES = [(32, 6, 4, 5), (32, 6, 5, 3), (32, 6, 6, 9), (8, 14, 30, 52)]
+
+
+def generate_pos_tables(out_path):
+    T = []
+    for dim, grid, rows, cols in POS_TABLE_CASES:
+        base = sincos_table(dim, grid)
+        T.append((f"d{dim}.g{grid}.{rows}x{cols}", resize_table_rect(base, rows, cols)))
+    write_safetensors(out_path, T, {"torch": torch.__version__,
+                                    "what": "sincos tables resized by F.interpolate(bicubic, align_corners=False)"})
+
+
 def bicubic_manual(tab, n_new):
     """explicit reference of torch's bicubic (A=-0.75, align_corners=False, size-based scale, clamped taps)"""
     n = int(round(math.sqrt(tab.shape[0])))
@@ -724,9 +746,13 @@ def main():
     ap.add_argument("--out", help="write the fixture here")
     ap.add_argument("--check", action="store_true", help="run self-checks (finite differences etc.)")
     ap.add_argument("--print-header", metavar="FILE", help="list the tensors of a fixture file")
+    ap.add_argument("--pos-tables-out", metavar="FILE",
+                    help="write the rectangular position-table resizes (tests/fixtures/pos_tables.safetensors)")
     a = ap.parse_args()
-    if not (a.out or a.check or a.print_header):
-        ap.error("nothing to do: give --out, --check or --print-header")
+    if not (a.out or a.check or a.print_header or a.pos_tables_out):
+        ap.error("nothing to do: give --out, --check, --print-header or --pos-tables-out")
+    if a.pos_tables_out:
+        generate_pos_tables(a.pos_tables_out)
     rc = 0
     if a.check:
         rc |= 0 if run_checks() else 1

@@ -99,6 +99,29 @@ TEST_CASE("position tables equal the fixture's sin-cos table and its bicubic res
         1);
 }
 
+TEST_CASE("rectangular position grids equal F.interpolate's bicubic resize") {
+  // tests/fixtures/pos_tables.safetensors: tools/make_flsl_fixtures.py --pos-tables-out
+  const io::safetensors_file f(std::string(FLSL_FIXTURE_DIR) + "/pos_tables.safetensors");
+  struct resize_case {
+    index_t dim, grid, rows, cols;
+  };
+  for (const resize_case c : {resize_case{32, 6, 4, 5}, resize_case{32, 6, 5, 3},
+                              resize_case{32, 6, 6, 9}, resize_case{8, 14, 30, 52}}) {
+    const std::string name = "d" + std::to_string(c.dim) + ".g" + std::to_string(c.grid) + "." +
+                             std::to_string(c.rows) + "x" + std::to_string(c.cols);
+    CAPTURE(name);
+    const auto got =
+        nn::resize_table_bicubic(nn::sincos_table(c.dim, c.grid), c.grid, c.rows, c.cols);
+    CHECK(excess(got, f.get<double>(name), 1e-14, 0) <= 1);
+  }
+  // the model's table for a 4 x 5 grid (images of 32 x 40 px at patch 8), and its tokens' order
+  nn::model<tiny_net, double> m(0);
+  CHECK(excess(m.backbone.positions(4, 5), f.get<double>("d32.g6.4x5"), 1e-14, 0) <= 1);
+  const auto images = Tensor<double>::randn({2, 3, 32, 40}, 7);
+  CHECK(m.backbone(images).value().shape() == Shape{2, 20, 32});
+  CHECK_THROWS_AS(m.backbone(Tensor<double>::zeros({1, 3, 32, 36})), flsl::error);
+}
+
 TEST_CASE("f64: the first step's loss, intermediates and gradients equal PyTorch's") {
   nn::model<tiny_net, double> s(0), t(0);
   load_init(s);

@@ -27,8 +27,12 @@ TEST_CASE("tokens: 196 at 224 px and 36 at 96 px for patch 16; names follow timm
   no_grad ng;
   CHECK(m(Tensor<float>::randn({1, 3, 224, 224}, 1)).shape() == Shape{1, 196, 32});
   CHECK(m(Tensor<float>::randn({2, 3, 96, 96}, 1)).shape() == Shape{2, 36, 32});
+  CHECK(m(Tensor<float>::randn({1, 3, 32, 80}, 1)).shape() == Shape{1, 10, 32});  // 2 x 5 grid
   CHECK_THROWS_WITH_AS(m(Tensor<float>::randn({1, 3, 100, 100}, 1)),
-                       doctest::Contains("must be square and divisible by the patch 16"),
+                       doctest::Contains("image size 100x100 is not divisible by the patch 16"),
+                       flsl::error);
+  CHECK_THROWS_WITH_AS(m(Tensor<float>::randn({1, 3, 32, 40}, 1)),
+                       doctest::Contains("image size 32x40 is not divisible by the patch 16"),
                        flsl::error);
   std::vector<std::string> names;
   for (auto& [n, v] : nn::named_parameters(m)) names.push_back(n);

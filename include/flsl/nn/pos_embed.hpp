@@ -38,35 +38,41 @@ inline std::array<double, 4> cubic_weights(double t) {
 }
 }  // namespace detail
 
-/// Resizes a [G*G, D] table to [S*S, D] like F.interpolate(size=(S, S), mode="bicubic",
-/// align_corners=False): source coordinate scale*(o + 0.5) - 0.5 with scale = G/S, taps clamped to
-/// the grid, separable (x within each row, then y).
-inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t grid,
-                                           index_t size) {
+/// Resizes a [G*G, D] table to [H*W, D] (row y*W + x) like F.interpolate(size=(H, W),
+/// mode="bicubic", align_corners=False): along each axis the source coordinate is
+/// scale*(o + 0.5) - 0.5 with scale = G/H (rows) or G/W (columns), taps clamped to the grid;
+/// separable (x within each row, then y).
+inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t grid, index_t rows,
+                                           index_t cols) {
   const index_t dim = table.size(1);
   FLSL_CHECK(table.size(0) == grid * grid, "resize_table_bicubic: table of shape ", table.shape(),
              " is not a ", grid, "x", grid, " grid");
-  if (size == grid) return table.clone();
-  const double scale = double(grid) / double(size);
+  FLSL_CHECK(rows > 0 && cols > 0, "resize_table_bicubic: a ", rows, "x", cols, " grid");
+  if (rows == grid && cols == grid) return table.clone();
   struct taps {
     std::array<index_t, 4> idx;
     std::array<double, 4> w;
   };
-  std::vector<taps> tap(static_cast<std::size_t>(size));
-  for (index_t o = 0; o < size; ++o) {
-    const double s = scale * (double(o) + 0.5) - 0.5;
-    const double fl = std::floor(s);
-    taps& tp = tap[std::size_t(o)];
-    tp.w = detail::cubic_weights(s - fl);
-    for (int k = 0; k < 4; ++k)
-      tp.idx[std::size_t(k)] = std::clamp<index_t>(index_t(fl) - 1 + k, 0, grid - 1);
-  }
+  auto make_taps = [grid](index_t size) {
+    const double scale = double(grid) / double(size);
+    std::vector<taps> tap(static_cast<std::size_t>(size));
+    for (index_t o = 0; o < size; ++o) {
+      const double s = scale * (double(o) + 0.5) - 0.5;
+      const double fl = std::floor(s);
+      taps& tp = tap[std::size_t(o)];
+      tp.w = detail::cubic_weights(s - fl);
+      for (int k = 0; k < 4; ++k)
+        tp.idx[std::size_t(k)] = std::clamp<index_t>(index_t(fl) - 1 + k, 0, grid - 1);
+    }
+    return tap;
+  };
+  const std::vector<taps> tap_x = make_taps(cols), tap_y = make_taps(rows);
   const Tensor<double> src = table.contiguous();
-  auto rows = Tensor<double>::zeros({grid * size, dim});  // x resized: [G rows, S cols]
+  auto xr = Tensor<double>::zeros({grid * cols, dim});  // x resized: [G rows, W cols]
   for (index_t y = 0; y < grid; ++y)
-    for (index_t x = 0; x < size; ++x) {
-      double* out = rows.data() + (y * size + x) * dim;
-      const taps& tp = tap[std::size_t(x)];
+    for (index_t x = 0; x < cols; ++x) {
+      double* out = xr.data() + (y * cols + x) * dim;
+      const taps& tp = tap_x[std::size_t(x)];
       for (index_t c = 0; c < dim; ++c) {
         double acc = 0;
         for (int k = 0; k < 4; ++k)
@@ -74,19 +80,25 @@ inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t 
         out[c] = acc;
       }
     }
-  auto out = Tensor<double>::zeros({size * size, dim});
-  for (index_t y = 0; y < size; ++y)
-    for (index_t x = 0; x < size; ++x) {
-      double* o = out.data() + (y * size + x) * dim;
-      const taps& tp = tap[std::size_t(y)];
+  auto out = Tensor<double>::zeros({rows * cols, dim});
+  for (index_t y = 0; y < rows; ++y)
+    for (index_t x = 0; x < cols; ++x) {
+      double* o = out.data() + (y * cols + x) * dim;
+      const taps& tp = tap_y[std::size_t(y)];
       for (index_t c = 0; c < dim; ++c) {
         double acc = 0;
         for (int k = 0; k < 4; ++k)
-          acc += tp.w[std::size_t(k)] * rows.data()[(tp.idx[std::size_t(k)] * size + x) * dim + c];
+          acc += tp.w[std::size_t(k)] * xr.data()[(tp.idx[std::size_t(k)] * cols + x) * dim + c];
         o[c] = acc;
       }
     }
   return out;
+}
+
+/// The square case: [G*G, D] -> [S*S, D].
+inline Tensor<double> resize_table_bicubic(const Tensor<double>& table, index_t grid,
+                                           index_t size) {
+  return resize_table_bicubic(table, grid, size, size);
 }
 
 }  // namespace flsl::nn

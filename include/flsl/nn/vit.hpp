@@ -5,6 +5,7 @@
 #include <array>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "layers.hpp"
@@ -187,36 +188,42 @@ struct vision_transformer {
       return Cfg::depth > 1 ? rate * double(i) / double(Cfg::depth - 1) : 0.0;
     }
 
-    /// Output tokens [B, N, D] of images [B, 3, H, W] (H = W, divisible by the patch). `drop` has
-    /// one entry per block or is empty (no stochastic depth: the teacher, evaluation).
+    /// Output tokens [B, N, D] of images [B, 3, H, W] (H and W divisible by the patch; tokens in
+    /// row-major grid order, N = (H/p)(W/p)). `drop` has one entry per block or is empty (no
+    /// stochastic depth: the teacher, evaluation).
     Var<T, Dev> operator()(const Tensor<T, Dev>& images,
                            const std::vector<block_drop<T, Dev>>& drop = {}) const {
       FLSL_CHECK(images.rank() == 4 && images.size(1) == 3, "vision_transformer: images of shape ",
                  images.shape(), " (expected [B, 3, H, W])");
-      FLSL_CHECK(images.size(2) == images.size(3) && images.size(2) % Cfg::patch == 0,
+      FLSL_CHECK(images.size(2) % Cfg::patch == 0 && images.size(3) % Cfg::patch == 0 &&
+                     images.size(2) > 0 && images.size(3) > 0,
                  "vision_transformer: image size ", images.size(2), "x", images.size(3),
-                 " must be square and divisible by the patch ", Cfg::patch);
+                 " is not divisible by the patch ", Cfg::patch);
       FLSL_CHECK(drop.empty() || index_t(drop.size()) == Cfg::depth,
                  "vision_transformer: ", drop.size(), " drop-path entries for ", Cfg::depth,
                  " blocks");
-      const index_t grid = images.size(2) / Cfg::patch;
       Var<T, Dev> x = patch_embed(Var<T, Dev>(images));
-      Var<T, Dev> h = x + Var<T, Dev>(positions(grid));
+      Var<T, Dev> h =
+          x + Var<T, Dev>(positions(images.size(2) / Cfg::patch, images.size(3) / Cfg::patch));
       for (std::size_t i = 0; i < blocks.size(); ++i)
         h = drop.empty() ? blocks[i](h) : blocks[i](h, drop[i]);
       return norm(h);
     }
-    /// The position table for a grid, [G*G, D], built once per grid size.
-    const Tensor<T, Dev>& positions(index_t grid) const {
+    /// The position table for a rows x cols token grid, [rows*cols, D] (the base table resized
+    /// bicubically), built once per grid.
+    const Tensor<T, Dev>& positions(index_t rows, index_t cols) const {
       std::lock_guard<std::mutex> lock(*pos_mutex_);
-      auto it = pos_cache_->find(grid);
+      const auto key = std::make_pair(rows, cols);
+      auto it = pos_cache_->find(key);
       if (it == pos_cache_->end()) {
         auto base = sincos_table(Cfg::dim, Cfg::base_grid);
-        auto table = resize_table_bicubic(base, Cfg::base_grid, grid);
-        it = pos_cache_->emplace(grid, table.template to<T>().template to<Dev>()).first;
+        auto table = resize_table_bicubic(base, Cfg::base_grid, rows, cols);
+        it = pos_cache_->emplace(key, table.template to<T>().template to<Dev>()).first;
       }
       return it->second;
     }
+    /// The position table of a square grid x grid.
+    const Tensor<T, Dev>& positions(index_t grid) const { return positions(grid, grid); }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
       patch_embed.for_each_parameter(f, join_name(prefix, "patch_embed"));
@@ -226,8 +233,8 @@ struct vision_transformer {
     }
 
    private:
-    std::shared_ptr<std::map<index_t, Tensor<T, Dev>>> pos_cache_ =
-        std::make_shared<std::map<index_t, Tensor<T, Dev>>>();
+    std::shared_ptr<std::map<std::pair<index_t, index_t>, Tensor<T, Dev>>> pos_cache_ =
+        std::make_shared<std::map<std::pair<index_t, index_t>, Tensor<T, Dev>>>();
     std::shared_ptr<std::mutex> pos_mutex_ = std::make_shared<std::mutex>();
   };
 };
