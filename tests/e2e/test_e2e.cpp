@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "../eval/davis_video.hpp"
 #include "e2e_experiment.hpp"
 
 using namespace flsl;
@@ -673,6 +674,42 @@ TEST_CASE("feature cosines: same position, within an image, across images") {
   CHECK(s.across_image_cos == doctest::Approx(0.75));  // pairs: 1, 1, 0.5, 0.5
   CHECK_THROWS_WITH_AS(evaluation::feature_cosines(Tensor<float>::zeros({1, 4, 4})),
                        doctest::Contains("2+ images"), flsl::error);
+}
+
+TEST_CASE("--davis: label propagation is evaluated, logged, and its masks are written") {
+  temp_dir dir("davis");
+  evaluation::testing::write_video(dir.path / "davis", "square", 4);  // 128 x 64 px frames
+  const std::vector<std::string> eval = {
+      "--eval_size", "32",      "--eval_train_images", "4", "--eval_val_images", "2", "--pictures",
+      "0",           "--davis", dir / "davis"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), eval.begin(), eval.end());
+    return extra;
+  };
+  REQUIRE(run(with({"--eval_only", "--davis_size", "32", "--out", dir / "run"})) == train::exit_ok);
+  const auto log = read_log(dir.path / "run" / "log.jsonl");
+  REQUIRE(count_type(log, "eval_davis") == 1);
+  for (const auto& r : log) {
+    if (r.at("type") != "eval_davis") continue;
+    CHECK(r.at("when") == "checkpoint");
+    CHECK(r.at("frames") == 4);
+    CHECK(r.at("size") == 32);
+    const double j = r.at("davis_j"), f = r.at("davis_f"), jf = r.at("davis_jf");
+    CHECK(j >= 0.0);
+    CHECK(j <= 1.0);
+    CHECK(jf == doctest::Approx(0.5 * (j + f)));
+    CHECK(r.at("sequences").at("square").at("objects") == 1);
+  }
+  for (const char* frame : {"00001.png", "00002.png", "00003.png"})
+    CHECK(is_png(dir.path / "run" / "davis" / "square" / frame));
+  // refused before any work: a folder without the DAVIS layout, a size the patch does not divide
+  CHECK(error_of({"--davis", dir / "run"}).find("has no JPEGImages/480p and Annotations/480p") !=
+        std::string::npos);
+  CHECK(error_of({"--davis", dir / "davis", "--davis_size", "36"})
+            .find("--davis_size: 36 is not a multiple of the patch 8") != std::string::npos);
+  CHECK(error_of({"--davis", dir / "davis", "--davis_sequences", "square, other"})
+            .find("--davis_sequences: '" + (dir / "davis") + "' has no sequence 'other'") !=
+        std::string::npos);
 }
 
 #ifdef FLSL_PRETRAIN_BINARY

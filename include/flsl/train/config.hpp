@@ -119,6 +119,10 @@ struct run_config {
   bool linear_probe = false;
   index_t pictures = 4;
   index_t kmeans_clusters = 6;
+  // DAVIS video label propagation (eval/label_propagation.hpp); empty: none
+  std::string davis;
+  index_t davis_size = 480;
+  std::string davis_sequences;  // comma-separated names; empty: every sequence
 };
 
 /// What an experiment lets the command line choose among, and what it fixes at compile time.
@@ -404,6 +408,20 @@ inline check_fn<std::string> loss_scale_value() {
 
 }  // namespace detail
 
+/// The names of --davis_sequences (comma-separated, spaces trimmed; empty: every sequence).
+inline std::vector<std::string> davis_sequence_names(const run_config& c) {
+  std::vector<std::string> out;
+  for (std::size_t b = 0; b < c.davis_sequences.size();) {
+    const std::size_t e = std::min(c.davis_sequences.find(',', b), c.davis_sequences.size());
+    std::string name = c.davis_sequences.substr(b, e - b);
+    name.erase(0, name.find_first_not_of(' '));
+    name.erase(name.find_last_not_of(' ') + 1);
+    if (!name.empty()) out.push_back(name);
+    b = e + 1;
+  }
+  return out;
+}
+
 /// The matmul precision a run uses: --matmul_precision, with auto resolved for the device.
 inline matmul_precision resolved_matmul_precision(const run_config& c) {
   if (c.matmul_precision == "auto")
@@ -661,6 +679,17 @@ inline const std::vector<option>& options() {
                     &run_config::pictures, at_least(0)));
     add(make_option("kmeans_clusters", ev, "K", "clusters of the k-means pictures",
                     &run_config::kmeans_clusters, at_least(2)));
+    add(make_option("davis", ev, "DIR",
+                    "also evaluate DAVIS video label propagation (J, F, J&F) on the sequences of "
+                    "DIR (JPEGImages/480p, Annotations/480p), where the k-NN runs; predicted "
+                    "masks of the last evaluation go to <out>/davis",
+                    &run_config::davis));
+    add(make_option("davis_size", ev, "PX",
+                    "short side of the DAVIS frames (a multiple of the patch; DINO's 480)",
+                    &run_config::davis_size, at_least(1)));
+    add(make_option("davis_sequences", ev, "LIST",
+                    "comma-separated DAVIS sequences to evaluate (empty: all)",
+                    &run_config::davis_sequences));
     return t;
   }();
   return table;
@@ -818,6 +847,20 @@ inline void validate(const run_config& c, const experiment_info& info) {
   } else if (c.procedural_images < c.batch) {
     fail("invalid value for --batch: ", c.batch, " is more than the ", c.procedural_images,
          " procedural images (--procedural_images), so no full batch can be made");
+  }
+  if (!c.davis.empty()) {
+    std::error_code ec;
+    const std::filesystem::path d(c.davis);
+    if (!std::filesystem::is_directory(d / "JPEGImages" / "480p", ec) ||
+        !std::filesystem::is_directory(d / "Annotations" / "480p", ec))
+      fail("invalid value for --davis: '", c.davis,
+           "' has no JPEGImages/480p and Annotations/480p folders (the DAVIS layout)");
+    for (const std::string& name : davis_sequence_names(c))
+      if (!std::filesystem::is_directory(d / "JPEGImages" / "480p" / name, ec))
+        fail("invalid value for --davis_sequences: '", c.davis, "' has no sequence '", name, "'");
+    if (c.davis_size % c.patch != 0)
+      fail("invalid value for --davis_size: ", c.davis_size, " is not a multiple of the patch ",
+           c.patch);
   }
   if (!c.resume.empty()) {
     std::error_code ec;

@@ -22,6 +22,7 @@
 
 #include "../data/data.hpp"
 #include "../eval/knn_segmentation.hpp"
+#include "../eval/label_propagation.hpp"
 #include "../eval/maps.hpp"
 #include "checkpoint.hpp"
 #include "config.hpp"
@@ -219,7 +220,10 @@ inline bool is_process_option(const std::string& name) {
                                           "linear_probe",
                                           "eval_only",
                                           "pictures",
-                                          "kmeans_clusters"};
+                                          "kmeans_clusters",
+                                          "davis",
+                                          "davis_size",
+                                          "davis_sequences"};
   return s.count(name) != 0;
 }
 /// Options a resumed run cannot change: the model, the data and its order.
@@ -831,7 +835,48 @@ class trainer {
               percent(r.probe_foreground_iou);
     say(std::string(buf) + stats + probe +
         (picture.empty() ? "" : "; pictures '" + (out_ / picture).string() + "'"));
+    if (!c_.davis.empty()) evaluate_davis(when);
     if (when == "start") save_checkpoint_last();  // keeps start_miou for a resumed run
+  }
+
+  /// DAVIS label propagation with the teacher's features (--davis); the masks of an evaluation at
+  /// the end (or of --eval_only) go to <out>/davis/<sequence>/.
+  void evaluate_davis(const std::string& when) {
+    const auto seqs = evaluation::davis_sequences(c_.davis, davis_sequence_names(c_));
+    evaluation::davis_params dp;
+    dp.short_side = c_.davis_size;
+    if (when == "end" || when == "checkpoint") dp.write_masks = out_ / "davis";
+    const auto r =
+        evaluation::davis_label_propagation(host_teacher().backbone, Cfg::patch, seqs, dp);
+    nlohmann::ordered_json per = nlohmann::ordered_json::object();
+    std::string list;
+    for (const auto& q : r.sequences) {
+      per[q.name] = {{"j", q.j}, {"f", q.f}, {"frames", q.frames}, {"objects", q.objects}};
+      char b[128];
+      std::snprintf(b, sizeof b, "%s%s %.1f/%.1f", list.empty() ? "" : ", ", q.name.c_str(),
+                    100 * q.j, 100 * q.f);
+      list += b;
+    }
+    log_.write("eval_davis", {{"when", when},
+                              {"epoch", pos_.epoch},
+                              {"iteration", pos_.iteration},
+                              {"model", "teacher"},
+                              {"davis_j", r.j},
+                              {"davis_f", r.f},
+                              {"davis_jf", r.jf},
+                              {"sequences", per},
+                              {"frames", r.frames},
+                              {"size", c_.davis_size},
+                              {"seconds", r.seconds}});
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "DAVIS label propagation (%s, %zu sequences, %lld frames at %lld px, %.0f s): "
+                  "J&F %.1f%%, J %.1f%%, F %.1f%%",
+                  pos_.iteration == 0 ? "random weights" : "teacher", r.sequences.size(),
+                  (long long)r.frames, (long long)c_.davis_size, r.seconds, 100 * r.jf, 100 * r.j,
+                  100 * r.f);
+    say(std::string(buf) + "\n  per sequence J/F: " + list +
+        (dp.write_masks.empty() ? "" : "; masks '" + dp.write_masks.string() + "'"));
   }
 
   static std::string percent(double v) {
