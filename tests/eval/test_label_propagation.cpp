@@ -220,6 +220,29 @@ TEST_CASE("DAVIS evaluation of a synthetic video: a trackable object is followed
   CHECK(b.f < 0.5);
 }
 
+TEST_CASE("DAVIS 2017 palette masks: two objects, each followed, ids kept in the output") {
+  data::testing::TempDir dir;
+  evaluation::testing::write_video(dir.path(), "two", 6, true);
+  evaluation::davis_params p;
+  p.short_side = 64;
+  p.write_masks = dir / "masks";
+  const auto r = evaluation::davis_label_propagation(mean_colour_backbone{}, 8,
+                                                     evaluation::davis_sequences(dir.path()), p);
+  REQUIRE(r.sequences.size() == 1);
+  CHECK(r.sequences[0].objects == 2);
+  // the 32 x 32 square loses its 4 x 6 corner pixels (J = 1000 / 1024); the 16 x 8 bar, whose
+  // bottom edge is the image's, loses the 6 pixels of each top corner (J = 116 / 128)
+  CHECK(r.j == doctest::Approx(0.5 * (1000.0 / 1024.0 + 116.0 / 128.0)).epsilon(1e-12));
+  CHECK(r.f > 0.95);
+  std::vector<std::uint8_t> bytes;
+  data::read_file(dir / "masks" / "two" / "00002.png", bytes);
+  const data::ImageU8 m = data::decode_image(bytes);
+  CHECK(m.at(32, 48, 1) == 128);  // the red square: object 2, (0, 128, 0)
+  CHECK(m.at(32, 48, 0) == 0);
+  CHECK(m.at(60, 88, 0) == 128);  // the green bar: object 1, (128, 0, 0)
+  CHECK(m.at(60, 88, 1) == 0);
+}
+
 TEST_CASE("DAVIS folders: missing annotations, corrupt frames and bad sizes are named") {
   data::testing::TempDir dir;
   CHECK_THROWS_WITH_AS(evaluation::davis_sequences(dir.path()),

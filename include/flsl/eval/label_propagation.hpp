@@ -305,8 +305,46 @@ inline std::uint32_t colour_key(const std::uint8_t* p) {
   return std::uint32_t(p[0]) << 16 | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]);
 }
 
-/// Object ids of an annotation decoded to RGB: black is 0, `colours` maps the others (found in the
-/// first frame, in increasing colour order) to 1, 2, ...; a colour not in it counts as background.
+/// Colour i of the PASCAL VOC palette that DAVIS 2017's annotations use (1: (128, 0, 0),
+/// 2: (0, 128, 0), 3: (128, 128, 0), ...): bit 3j + c of i sets bit 7 - j of channel c.
+inline std::uint32_t voc_palette_key(unsigned i) {
+  std::uint32_t rgb[3] = {0, 0, 0};
+  for (int j = 0; j < 8; ++j)
+    for (int c = 0; c < 3; ++c) rgb[c] |= ((i >> (3 * j + c)) & 1u) << (7 - j);
+  return rgb[0] << 16 | rgb[1] << 8 | rgb[2];
+}
+
+/// The objects of a first-frame annotation decoded to RGB: its non-black colours, each given the
+/// class 1, 2, ... in increasing order of its id, and the id written back for it: the colour's
+/// index in the VOC palette when every colour is one of its first 255 (DAVIS 2017's objects keep
+/// their numbers), else 1, 2, ... in colour order (DAVIS 2016's white object is 1).
+struct annotation_objects {
+  std::map<std::uint32_t, std::uint8_t> classes;  // colour -> class
+  std::vector<unsigned> ids;                      // class - 1 -> object id
+};
+inline annotation_objects first_frame_objects(const data::ImageU8& first) {
+  std::map<std::uint32_t, unsigned> id;  // colour -> object id
+  for (std::size_t i = 0; i < first.pixels.size(); i += 3)
+    if (const std::uint32_t key = colour_key(first.pixels.data() + i); key != 0) id.emplace(key, 0);
+  std::map<std::uint32_t, unsigned> voc;
+  for (unsigned k = 1; k < 255; ++k) voc.emplace(voc_palette_key(k), k);
+  const bool palette =
+      std::all_of(id.begin(), id.end(), [&](auto& kv) { return voc.count(kv.first); });
+  unsigned next = 1;
+  for (auto& kv : id) kv.second = palette ? voc.at(kv.first) : next++;
+  std::vector<std::pair<unsigned, std::uint32_t>> order;  // (id, colour)
+  for (const auto& kv : id) order.emplace_back(kv.second, kv.first);
+  std::sort(order.begin(), order.end());
+  annotation_objects out;
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    out.classes.emplace(order[k].second, std::uint8_t(k + 1));
+    out.ids.push_back(order[k].first);
+  }
+  return out;
+}
+
+/// The class of every pixel of an annotation decoded to RGB: black is 0, `colours` maps the
+/// first frame's objects to their classes; a colour not in it counts as background.
 inline std::vector<std::uint8_t> annotation_ids(
     const data::ImageU8& img, const std::map<std::uint32_t, std::uint8_t>& colours) {
   std::vector<std::uint8_t> ids(std::size_t(img.width) * std::size_t(img.height));
@@ -379,14 +417,10 @@ davis_result davis_label_propagation(const Backbone& backbone, index_t patch,
     FLSL_CHECK(first.width == width && first.height == height, "DAVIS: annotation '",
                seq.masks[0].string(), "' is ", first.width, "x", first.height, ", its frame ",
                width, "x", height);
-    std::map<std::uint32_t, std::uint8_t> colours;
-    for (std::size_t i = 0; i < first.pixels.size(); i += 3)
-      if (const std::uint32_t key = detail::colour_key(first.pixels.data() + i); key != 0)
-        colours.emplace(key, 0);
+    const detail::annotation_objects found = detail::first_frame_objects(first);
+    const auto& colours = found.classes;
     FLSL_CHECK(!colours.empty() && colours.size() < 255, "DAVIS: annotation '",
                seq.masks[0].string(), "' has ", colours.size(), " objects");
-    std::uint8_t next_id = 1;
-    for (auto& kv : colours) kv.second = next_id++;
     const index_t C = index_t(colours.size()) + 1;
     const std::vector<std::uint8_t> ids0 = detail::annotation_ids(first, colours);
     auto lab0 = Tensor<float>::zeros({C, rows, cols});
@@ -407,9 +441,12 @@ davis_result davis_label_propagation(const Backbone& backbone, index_t patch,
       const std::vector<std::uint8_t> pred = labels_to_mask(soft, patch, width, height);
       if (!p.write_masks.empty()) {
         data::ImageU8 out{int(width), int(height)};
-        for (std::size_t i = 0; i < pred.size(); ++i)
-          for (int c = 0; c < 3; ++c)  // DAVIS's palette: bit k of the id in channel k, x128
-            out.pixels[3 * i + std::size_t(c)] = std::uint8_t(((pred[i] >> c) & 1) * 128);
+        for (std::size_t i = 0; i < pred.size(); ++i) {  // object id k in VOC palette colour k
+          const std::uint32_t key =
+              pred[i] == 0 ? 0 : detail::voc_palette_key(found.ids[std::size_t(pred[i] - 1)]);
+          for (int c = 0; c < 3; ++c)
+            out.pixels[3 * i + std::size_t(c)] = std::uint8_t(key >> (16 - 8 * c));
+        }
         const std::filesystem::path dir = p.write_masks / seq.name;
         std::filesystem::create_directories(dir);
         data::write_file(dir / (seq.frames[std::size_t(t)].stem().string() + ".png"),
