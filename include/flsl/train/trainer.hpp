@@ -362,7 +362,14 @@ class trainer {
                ? ", loss scale " + detail::format_double(learner_->loss_scaler().scale()) +
                      (learner_->loss_scaler().options().dynamic ? " (dynamic)" : " (fixed)")
                : std::string()));
-    if (run_.resume_from) {
+    if (run_.resume_from && c_.eval_only) {
+      say("evaluating '" + run_.resume_from->string() + "': iteration " +
+          std::to_string(pos_.iteration) + ", " + std::to_string(pos_.epoch) + " of " +
+          std::to_string(c_.epochs) + " epochs done" +
+          (pos_.batch_in_epoch > 0
+               ? " and " + std::to_string(pos_.batch_in_epoch) + " steps of the next"
+               : std::string()));
+    } else if (run_.resume_from) {
       say("resuming from '" + run_.resume_from->string() + "' at epoch " +
           std::to_string(pos_.epoch + 1) + ", step " + std::to_string(pos_.batch_in_epoch) +
           " (iteration " + std::to_string(pos_.iteration) + ")");
