@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../autograd/ops/normalize.hpp"
 #include "../autograd/var.hpp"
 #include "../backend/cpu/gemm.hpp"
 #include "../core/tensor.hpp"
@@ -41,21 +42,12 @@ struct propagation_params {
 };
 
 namespace detail {
-/// A copy of the [N, D] rows scaled to unit length (a zero row stays zero).
+/// The [N, D] rows scaled to unit length, as F.normalize (the library's l2_normalize op).
 inline Tensor<float> unit_rows(const Tensor<float>& f) {
   FLSL_CHECK(f.rank() == 2, "label propagation: features of shape ", f.shape(),
              " (expected [N, D])");
-  Tensor<float> out = f.clone();
-  const index_t N = out.size(0), D = out.size(1);
-  float* d = out.data();
-  tbb::parallel_for(index_t(0), N, [&](index_t r) {
-    float* row = d + r * D;
-    double sq = 0;
-    for (index_t c = 0; c < D; ++c) sq += double(row[c]) * double(row[c]);
-    const double inv = 1.0 / std::max(std::sqrt(sq), 1e-12);
-    for (index_t c = 0; c < D; ++c) row[c] = float(double(row[c]) * inv);
-  });
-  return out;
+  no_grad ng;
+  return l2_normalize(Var<float>(f), -1).value();
 }
 }  // namespace detail
 
@@ -96,7 +88,8 @@ class label_propagator {
     auto out = Tensor<float>::zeros({N, C});  // token-major while accumulating
     tbb::parallel_for(
         tbb::blocked_range<index_t>(0, N, 16), [&](const tbb::blocked_range<index_t>& rg) {
-          std::vector<float> vals;
+          std::vector<float> vals, sorted;  // reused by the block's targets
+          std::vector<double> acc(static_cast<std::size_t>(C));
           std::vector<std::pair<std::size_t, index_t>> where;  // (source, patch)
           for (index_t i = rg.begin(); i < rg.end(); ++i) {
             const index_t y = i / cols_, x = i % cols_;
@@ -114,12 +107,12 @@ class label_propagator {
             }
             // the k-th largest cosine; every source at least as similar is kept
             const std::size_t k = std::min<std::size_t>(std::size_t(p_.topk), vals.size());
-            std::vector<float> sorted = vals;
+            sorted.assign(vals.begin(), vals.end());
             std::nth_element(sorted.begin(), sorted.begin() + std::ptrdiff_t(k - 1), sorted.end(),
                              std::greater<float>());
             const float kth = sorted[k - 1];
             double total = 0;
-            std::vector<double> acc(std::size_t(C), 0.0);
+            std::fill(acc.begin(), acc.end(), 0.0);
             for (std::size_t e = 0; e < vals.size(); ++e) {
               if (vals[e] < kth) continue;
               const double w = std::exp(double(vals[e]) / p_.temperature);
