@@ -35,11 +35,13 @@ Tensor<std::int64_t> top_left_queries(index_t rows, int grid, int window) {
 }
 
 template <class Cfg>
-void run_step(benchmark::State& st, index_t batch) {
+void run_step(benchmark::State& st, index_t batch,
+              matmul_precision precision = matmul_precision::exact) {
   if (!cuda_available()) {
     st.SkipWithError("no CUDA device");
     return;
   }
+  const matmul_precision_scope scope(precision);
   cuda_caching_allocator::instance().reset_peak();
   flsl_net<Cfg> student(1), teacher(1);
   optim::recipe r;
@@ -77,11 +79,26 @@ void BM_flsl_step_cuda_vit_small16_b128(benchmark::State& st) {
 void BM_flsl_step_cuda_vit_small16_b32(benchmark::State& st) {
   run_step<nn::vit_small<16>>(st, 32);
 }
+// the same step with the GEMMs on tensor cores (f32 in memory, fp32 accumulation)
+void BM_flsl_step_cuda_vit_small16_b128_tf32(benchmark::State& st) {
+  run_step<nn::vit_small<16>>(st, 128, matmul_precision::tf32);
+}
+void BM_flsl_step_cuda_vit_small16_b128_bf16(benchmark::State& st) {
+  run_step<nn::vit_small<16>>(st, 128, matmul_precision::bf16);
+}
 BENCHMARK(BM_flsl_step_cuda_vit_small16_b32)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(10);
 BENCHMARK(BM_flsl_step_cuda_vit_small16_b128)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(5);
+BENCHMARK(BM_flsl_step_cuda_vit_small16_b128_tf32)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(5);
+BENCHMARK(BM_flsl_step_cuda_vit_small16_b128_bf16)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(5);

@@ -10,7 +10,8 @@
 #   bash scripts/gpu_check.sh run        # there, with devbin/ carried: run every CUDA test, then
 #                                        # the benchmark and the PyTorch anchor (eager and
 #                                        # --compile, when devbin has it and python3 has torch);
-#                                        # logs and a summary under $OUT (or devbin/out)
+#                                        # a summary and an archive of the logs under $OUT
+#                                        # (or devbin/out)
 #
 # `run` builds nothing; each test runs with a timeout and its doctest output goes to its own log,
 # so one crash does not hide the others' results.
@@ -19,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bin=devbin
 tests=(test_cuda_headers test_cuda test_cuda_kernels test_cuda_vit test_cuda_optim test_cuda_flsl
-  test_cuda_step)
+  test_cuda_step test_cuda_golden)
 bench=bench_flsl_step_cuda
 
 case "${1:-}" in
@@ -28,14 +29,15 @@ case "${1:-}" in
     [[ -f "$build_dir/CMakeCache.txt" ]] || cmake -S . -B "$build_dir" -G Ninja \
       -DCMAKE_BUILD_TYPE=Release -DFLSL_BUILD_TESTS=ON -DFLSL_BUILD_BENCHMARKS=ON -DFLSL_WITH_CUDA=ON
     # an existing build folder may have been configured without them
-    cmake -S . -B "$build_dir" -DFLSL_BUILD_TESTS=ON -DFLSL_BUILD_BENCHMARKS=ON > /dev/null
-    cmake --build "$build_dir" -j "${FLSL_JOBS:-2}" --target "${tests[@]}" "$bench"
+    cmake -S . -B "$build_dir" -DFLSL_BUILD_TESTS=ON -DFLSL_BUILD_BENCHMARKS=ON \
+      -DFLSL_BUILD_EXAMPLES=ON > /dev/null
+    cmake --build "$build_dir" -j "${FLSL_JOBS:-2}" --target "${tests[@]}" "$bench" flsl_pretrain
     rm -rf "$bin"
     mkdir -p "$bin"
     for t in "${tests[@]}"; do cp "$build_dir/tests/cuda/$t" "$bin/"; done
-    cp "$build_dir/benchmarks/$bench" "$bin/"
+    cp "$build_dir/benchmarks/$bench" "$build_dir/examples/flsl_pretrain" "$bin/"
     # the non-CUDA shared libraries the binaries link (the GPU machine has the CUDA toolkit)
-    ldd "$bin"/test_cuda* "$bin/$bench" | awk '/=> \// { print $3 }' | sort -u |
+    ldd "$bin"/test_cuda* "$bin/$bench" "$bin/flsl_pretrain" | awk '/=> \// { print $3 }' | sort -u |
       grep -E 'libtbb|libpng|libturbojpeg|libjpeg|libhwloc|libbenchmark' |
       xargs -r -I{} cp -L {} "$bin/"
     cp scripts/gpu_check.sh "$bin/"
@@ -44,42 +46,74 @@ case "${1:-}" in
     du -sh "$bin"
     ;;
   run)
-    out=${OUT:-$bin/out}
-    mkdir -p "$out"
+    # FLSL_GPU_DEADLINE (s, default 420): steps that would start past it are skipped, so that the
+    # whole command ends inside the device call's limit
+    # the logs go to a scratch folder and come back as one archive (the device call returns at
+    # most 8 files): $OUT/gpu_check.tgz and $OUT/summary.txt
+    dest=${OUT:-$bin/out}
+    out=$(mktemp -d)
+    mkdir -p "$dest"
+    trap 'tar czf "$dest/gpu_check.tgz" -C "$out" . && cp "$out/summary.txt" "$dest/"' EXIT
     export LD_LIBRARY_PATH="$PWD/$bin:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1 || true
-    : > "$out/summary.txt"
-    for t in "${tests[@]}"; do
+    export FLSL_FIXTURE_DIR="$PWD/tests/fixtures"  # test_cuda_golden's, in this copy of the tree
+    t0=$(date +%s)
+    deadline=${FLSL_GPU_DEADLINE:-420}
+    left() { echo $((deadline - ($(date +%s) - t0))); }
+    # step NAME LIMIT CMD...: runs CMD with at most LIMIT s (less when the deadline is nearer),
+    # output to $out/NAME.log, one line in summary.txt
+    step() {
+      local name=$1 limit=$2
+      shift 2
+      local l
+      l=$(left)
+      if ((l < 10)); then
+        echo "$name: skipped (deadline)" | tee -a "$out/summary.txt"
+        return 1
+      fi
+      ((limit > l)) && limit=$l
+      local s rc
+      s=$(date +%s)
       set +e
-      timeout 240 "$bin/$t" --duration=true > "$out/$t.log" 2>&1
+      timeout "$limit" "$@" > "$out/$name.log" 2>&1
       rc=$?
       set -e
-      echo "$t: exit $rc ($(grep -E '^\[doctest\] (test cases|assertions)' "$out/$t.log" | tr '\n' ' '))" |
+      echo "$name: exit $rc in $(($(date +%s) - s)) s $(grep -E '^\[doctest\] (test cases|assertions)' "$out/$name.log" | tr '\n' ' ')" |
         tee -a "$out/summary.txt"
+      return $rc
+    }
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1 || true
+    : > "$out/summary.txt"
+    sanitized=0
+    for t in "${tests[@]}"; do
+      rc=0
+      step "$t" 60 "$bin/$t" --duration=true || rc=$?
+      if ((rc != 0 && rc != 77)); then
+        # a failing test once more under compute-sanitizer (at most two), for the first bad access
+        if ((sanitized < 2)) && command -v compute-sanitizer > /dev/null; then
+          sanitized=$((sanitized + 1))
+          step "$t.memcheck" 60 compute-sanitizer --print-limit 20 "$bin/$t" || true
+        fi
+      fi
     done
-    # the FLSL step on cuda (vit_small/16 f32, batch 32 and 128): images/s and peak device memory
-    set +e
-    timeout 300 "$bin/$bench" --benchmark_format=json --benchmark_out="$out/$bench.json" \
-      --benchmark_out_format=json > "$out/$bench.log" 2>&1
-    rc=$?
-    set -e
-    echo "$bench: exit $rc" | tee -a "$out/summary.txt"
-    # the PyTorch anchor at the same shapes (bf16 autocast, SDPA attention), eager and compiled
-    if [[ -f "$bin/torch_flsl_step.py" ]] && python3 -c 'import torch' 2>/dev/null; then
-      for mode in eager compile; do
-        extra=()
-        [[ $mode == compile ]] && extra=(--compile)
-        set +e
-        timeout 300 python3 "$bin/torch_flsl_step.py" --device cuda --arch small --batch 128 \
-          --bf16 --sdpa "${extra[@]}" > "$out/torch_flsl_step_$mode.log" 2>&1
-        rc=$?
-        set -e
-        echo "torch_flsl_step ($mode): exit $rc: $(tail -n 1 "$out/torch_flsl_step_$mode.log")" |
-          tee -a "$out/summary.txt"
-      done
-    else
-      echo "torch_flsl_step: not run (no $bin/torch_flsl_step.py or no torch)" | tee -a "$out/summary.txt"
+    # a short end-to-end run of the trainer on the device
+    step flsl_pretrain_cuda 90 "$bin/flsl_pretrain" --device cuda --epochs 1 --eval false \
+      --pictures 0 --progress plain --out "$out/run" || true
+    rm -rf "$out/run/checkpoints" || true
+    # the FLSL step on cuda (vit_small/16 f32; exact, tf32 and bf16 GEMMs): images/s, peak memory
+    step "$bench" 150 "$bin/$bench" --benchmark_format=json --benchmark_out="$out/$bench.json" \
+      --benchmark_out_format=json || true
+    if grep -q images_per_s "$out/$bench.json" 2> /dev/null; then
+      # the PyTorch anchor at the same shapes (bf16 autocast, SDPA attention), eager and compiled
+      if [[ -f "$bin/torch_flsl_step.py" ]] && python3 -c 'import torch' 2> /dev/null; then
+        step torch_flsl_step_eager 90 python3 "$bin/torch_flsl_step.py" --device cuda --arch small \
+          --batch 128 --bf16 --sdpa || true
+        step torch_flsl_step_compile 180 python3 "$bin/torch_flsl_step.py" --device cuda \
+          --arch small --batch 128 --bf16 --sdpa --compile || true
+      else
+        echo "torch_flsl_step: not run (no $bin/torch_flsl_step.py or no torch)" | tee -a "$out/summary.txt"
+      fi
     fi
+    echo "total: $(($(date +%s) - t0)) s" | tee -a "$out/summary.txt"
     ;;
   *)
     echo "usage: bash scripts/gpu_check.sh pack|run" >&2
