@@ -4,8 +4,12 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <utility>
 #include <vector>
 
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 #include <flsl/flsl.hpp>
 
 using namespace flsl;
@@ -231,4 +235,95 @@ TEST_CASE("reduced-precision products stay within their input rounding of the ex
   CHECK(bf < std::ldexp(1.0, -7) * 1.01);
   CHECK(tf > 20 * exact);  // the rounding did happen
   CHECK(bf > 4 * tf);
+}
+
+namespace {
+/// The f64 product of f32 operands and the bound |a| @ |b| that f32 rounding errors scale with.
+std::pair<Tensor<double>, Tensor<double>> product_and_scale(const Tensor<float>& a,
+                                                            const Tensor<float>& b) {
+  const auto a64 = a.to<double>(), b64 = b.to<double>();
+  Tensor<double> aa = abs(a64), ab = abs(b64);
+  return {naive(a64, b64), naive(aa, ab)};
+}
+/// |got - want| <= K * 2^-23 * (|a| @ |b|) elementwise: what f32 accumulation over K terms allows.
+void check_f32_product(const Tensor<float>& got, const Tensor<double>& want,
+                       const Tensor<double>& scale, index_t K) {
+  REQUIRE(got.shape() == want.shape());
+  const auto g = got.to<double>().to_vector(), w = want.to_vector(), s = scale.to_vector();
+  const double eps = double(K) * std::ldexp(1.0, -23);
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) bad += !(std::abs(g[i] - w[i]) <= eps * s[i] + 1e-30);
+  CHECK(bad == 0);
+}
+}  // namespace
+
+// backend/cpu/sgemm.hpp (the f32 kernel on AVX2 + FMA / AVX-512F targets; Eigen elsewhere): tiles
+// of 6 x 16 or 12 x 32, K blocks of at most 256, row blocks of at most 144. The shapes cross each
+// of those edges (partial tiles, several K and row blocks, zero padding) in every layout.
+TEST_CASE("f32 matmul across the register tile, K block and row block edges, every layout") {
+  for (auto [M, K, N] : {std::tuple{12, 8, 16},
+                         {13, 255, 33},
+                         {6, 257, 32},
+                         {145, 600, 31},
+                         {300, 96, 70},
+                         {7, 513, 100}}) {
+    CAPTURE(M);
+    CAPTURE(K);
+    CAPTURE(N);
+    const auto a = Tensor<float>::randn({M, K}, 11), b = Tensor<float>::randn({K, N}, 12);
+    const auto [want, scale] = product_and_scale(a, b);
+    const auto at = a.t().contiguous(), bt = b.t().contiguous();
+    check_f32_product(matmul(a, b), want, scale, K);
+    check_f32_product(matmul(at.t(), b), want, scale, K);
+    check_f32_product(matmul(a, bt.t()), want, scale, K);
+    check_f32_product(matmul(at.t(), bt.t()), want, scale, K);
+    // a row-major output with a leading dimension wider than N
+    auto wide = Tensor<float>::zeros({M, N + 5});
+    matmul_into(wide.narrow(1, 0, N), a, b);
+    check_f32_product(wide.narrow(1, 0, N).contiguous(), want, scale, K);
+    CHECK(max(abs(wide.narrow(1, N, 5))).item() == 0.0f);
+  }
+}
+
+TEST_CASE("f32 matmul: beta = 0 never reads the output; alpha and beta otherwise") {
+  const index_t M = 50, K = 300, N = 40;
+  const auto a = Tensor<float>::randn({M, K}, 13), b = Tensor<float>::randn({K, N}, 14);
+  const auto [ab, scale] = product_and_scale(a, b);
+  auto c = Tensor<float>::full({M, N}, std::numeric_limits<float>::quiet_NaN());
+  matmul_into(c, a, b, 2.0, 0.0);
+  check_f32_product(c, Tensor<double>(ab * 2.0), Tensor<double>(scale * 2.0), K);
+  const auto c0 = Tensor<float>::randn({M, N}, 15);
+  c = c0.clone();
+  matmul_into(c, a, b, 0.5, -1.5);
+  const Tensor<double> want = ab * 0.5 + c0.to<double>() * -1.5;
+  const Tensor<double> bound = scale * 0.5 + abs(c0.to<double>()) * 1.5;
+  check_f32_product(c, want, bound, K);
+}
+
+TEST_CASE("f32 matmul gives the same bits on 1 and 2 threads, and inside a parallel loop") {
+  const index_t M = 400, K = 700, N = 300;
+  const auto a = Tensor<float>::randn({M, K}, 16), b = Tensor<float>::randn({K, N}, 17);
+  Tensor<float> one, two;
+  tbb::task_arena(1).execute([&] { one = matmul(a, b); });
+  tbb::task_arena(2).execute([&] { two = matmul(a.t().contiguous().t(), b); });
+  CHECK(max(abs(one - two)).item() == 0.0f);
+  // products that split over threads, started from the tasks of an outer parallel loop: a thread
+  // that waits inside one may run another's task (the packing buffers must not be shared)
+  std::vector<Tensor<float>> outs(8);
+  tbb::task_arena(2).execute([&] {
+    tbb::parallel_for(0, 8, [&](int i) {
+      const Tensor<float> ai = a * float(i + 1);
+      outs[std::size_t(i)] = matmul(ai, b);
+    });
+  });
+  for (int i = 0; i < 8; ++i) {
+    CAPTURE(i);
+    const Tensor<float> want = one * float(i + 1);  // scaling by a small integer: exact when
+    const Tensor<float> diff = outs[std::size_t(i)] - want;  // i + 1 is a power of two only
+    if ((i + 1) & i) {
+      CHECK(max(abs(diff)).item() <= 1e-3f * max(abs(want)).item());
+    } else {
+      CHECK(max(abs(diff)).item() == 0.0f);
+    }
+  }
 }

@@ -1,5 +1,6 @@
-// Matrix products on the CPU: Eigen's GEMM kernels on mapped tensor memory, parallel over the
-// batch and over row blocks of large products with oneTBB.
+// Matrix products on the CPU: f32 through the register-blocked FMA kernel of backend/cpu/sgemm.hpp
+// where the target has AVX2 + FMA or AVX-512F, otherwise (and for f64) Eigen's GEMM kernels on
+// mapped tensor memory; parallel over the batch and over row blocks of large products with oneTBB.
 #pragma once
 
 #include <tbb/blocked_range.h>
@@ -11,6 +12,7 @@
 #include "../../expr/assign.hpp"
 #include "../matmul_precision.hpp"
 #include "../matmul_shapes.hpp"
+#include "sgemm.hpp"
 
 namespace flsl {
 
@@ -76,6 +78,20 @@ void gemm_2d(const gemm_operand<T>& c, const gemm_operand<const T>& a,
   const index_t M = c.rows;
   const double work = double(M) * double(c.cols) * double(a.cols);
   const int threads = tbb::this_task_arena::max_concurrency();
+#ifdef FLSL_SGEMM_KERNEL
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm::worth_it(M, c.cols, a.cols)) {
+      auto strides = [](const auto& x) {
+        return x.lay.row_major ? std::pair{x.lay.ld, index_t(1)} : std::pair{index_t(1), x.lay.ld};
+      };
+      const auto [a_rs, a_cs] = strides(a);
+      const auto [b_rs, b_cs] = strides(b);
+      sgemm::gemm(M, c.cols, a.cols, alpha, a.ptr, a_rs, a_cs, b.ptr, b_rs, b_cs, beta, c.ptr,
+                  c.lay.ld, split && threads > 1 && work >= gemm_parallel_flops);
+      return;
+    }
+  }
+#endif
   if (!split || threads <= 1 || work < gemm_parallel_flops || M < 32) {
     gemm_dispatch(c, a, b, alpha, beta, 0, M);
     return;
@@ -187,9 +203,10 @@ void matmul_exact(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor
 
 /// c = alpha * a @ b + beta * c for matrices ([M,K] @ [K,N]) or batches ([B,M,K] @ [B,K,N], a
 /// batch of 1 or a 2-D operand broadcasts). Transposed operands are views (`x.t()`), read in place.
-/// f32 and f64 run Eigen directly; bf16 is converted to f32 and back. f32 products follow
-/// get_matmul_precision(): other than `exact`, a and b are first rounded as the GPU's tensor cores
-/// round them (an emulation, for tests: it costs two extra passes).
+/// f32 runs backend/cpu/sgemm.hpp's kernel (Eigen on targets without AVX2 + FMA, and for
+/// products thinner than one register tile), f64 Eigen; bf16 is converted to f32 and back. f32
+/// products follow get_matmul_precision(): other than `exact`, a and b are first rounded as the
+/// GPU's tensor cores round them (an emulation, for tests: it costs two extra passes).
 template <class T>
 void matmul_into(const Tensor<T, cpu>& c, const Tensor<T, cpu>& a, const Tensor<T, cpu>& b,
                  double alpha = 1.0, double beta = 0.0) {
