@@ -149,8 +149,8 @@ TEST_CASE("cuda f32: ten full steps (clip, freeze, AdamW, EMA, schedules) track 
       // the key bias's gradient is zero analytically; in f32 its rounding noise is what AdamW
       // normalises, so only the query and value thirds are comparable (as in test_golden)
       for (index_t part : {0, 2})
-        CHECK(excess(p.value().narrow(0, 32 * part, 32).contiguous(),
-                     want.narrow(0, 32 * part, 32), 1e-5, 1e-4) <= 1);
+        CHECK(excess(p.value().narrow(0, 32 * part, 32).contiguous(), want.narrow(0, 32 * part, 32),
+                     1e-5, 1e-4) <= 1);
     } else {
       CHECK(excess(p.value(), want, 1e-5, 1e-4) <= 1);
     }
