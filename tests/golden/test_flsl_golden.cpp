@@ -2,94 +2,10 @@
 // (tools/make_flsl_fixtures.py) of the loss, gradients, AdamW, freeze and EMA on a tiny ViT.
 #include <doctest/doctest.h>
 
-#include <flsl/flsl.hpp>
-#include <flsl/io/safetensors.hpp>
-#include <flsl/train/flsl_step.hpp>
+#include "flsl_tiny_fixture.hpp"
 
 using namespace flsl;
-
-namespace {
-using tiny_cfg = nn::vit_config<32, 2, 2, 8, 4, 48>;
-using tiny_net =
-    nn::backbone_with_head<nn::vision_transformer<tiny_cfg>, nn::projection_head<32, 64, 64, 32>>;
-
-const io::safetensors_file& fixture() {
-  static const io::safetensors_file f(std::string(FLSL_FIXTURE_DIR) + "/flsl_tiny.safetensors");
-  return f;
-}
-
-template <class T>
-void load_init(nn::model<tiny_net, T>& m) {
-  for (auto& [name, p] : nn::named_parameters(m))
-    p.value().copy_from(fixture().get_as<T>("init." + name));
-}
-
-template <class T>
-flsl_views<T> fixture_views() {
-  flsl_views<T> v;
-  v.teacher = fixture().get_as<T>("input.teacher");
-  v.global = fixture().get_as<T>("input.global");
-  v.local = fixture().get_as<T>("input.local");
-  v.query_global = fixture().get<std::int64_t>("input.query.global");
-  v.query_local = fixture().get<std::int64_t>("input.query.local");
-  v.locals = 2;
-  return v;
-}
-
-/// Keep masks of iteration k: block 1 (rate 0.1) has one per branch and forward; block 0 none.
-template <class T>
-flsl_drop_paths<T> fixture_drop(index_t k) {
-  flsl_drop_paths<T> d;
-  for (auto [view, out] : {std::pair{"global", &d.global}, std::pair{"local", &d.local}}) {
-    out->resize(2);
-    auto& b1 = (*out)[1];
-    b1.rate = 0.1;
-    b1.attn = fixture()
-                  .get_as<T>(std::string("input.keep.") + view + ".blocks.1.attn")
-                  .select(0, k)
-                  .clone();
-    b1.mlp = fixture()
-                 .get_as<T>(std::string("input.keep.") + view + ".blocks.1.mlp")
-                 .select(0, k)
-                 .clone();
-  }
-  return d;
-}
-
-optim::recipe fixture_recipe() {
-  optim::recipe r;
-  r.epochs = 5;
-  r.iters_per_epoch = 2;
-  r.total_batch = 2;
-  r.lr = 0.5;
-  r.warmup_epochs = 1;
-  r.warmup_teacher_temp_epochs = 2;
-  r.freeze_last_layer = 1;
-  return r;
-}
-
-flsl_loss_params fixture_loss() {
-  flsl_loss_params p;
-  p.b_sa = 0.1 / std::sqrt(384.0);
-  p.b_ca = 0.2 / std::sqrt(384.0);
-  return p;
-}
-
-/// max |a - b| / (atol + rtol |b|) over all elements: <= 1 passes.
-template <class T>
-double excess(const Tensor<T>& got, const Tensor<double>& want, double atol, double rtol) {
-  REQUIRE(got.shape() == want.reshape_or_copy(got.shape()).shape());
-  const auto g = got.template to<double>().to_vector();
-  const auto w = want.to_vector();
-  double worst = 0;
-  for (std::size_t i = 0; i < g.size(); ++i)
-    worst = std::max(worst, std::abs(g[i] - w[i]) / (atol + rtol * std::abs(w[i])));
-  return worst;
-}
-double ref(const std::string& name) { return fixture().get<double>(name).data()[0]; }
-
-bool is_key_bias(const std::string& name) { return name.find("qkv.bias") != std::string::npos; }
-}  // namespace
+using namespace flsl_test;
 
 TEST_CASE("position tables equal the fixture's sin-cos table and its bicubic resize") {
   nn::model<tiny_net, double> m(0);
@@ -101,7 +17,7 @@ TEST_CASE("position tables equal the fixture's sin-cos table and its bicubic res
 
 TEST_CASE("rectangular position grids equal F.interpolate's bicubic resize") {
   // tests/fixtures/pos_tables.safetensors: tools/make_flsl_fixtures.py --pos-tables-out
-  const io::safetensors_file f(std::string(FLSL_FIXTURE_DIR) + "/pos_tables.safetensors");
+  const io::safetensors_file f(fixture_dir() + "/pos_tables.safetensors");
   struct resize_case {
     index_t dim, grid, rows, cols;
   };

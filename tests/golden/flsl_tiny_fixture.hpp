@@ -1,0 +1,109 @@
+// tests/fixtures/flsl_tiny.safetensors (tools/make_flsl_fixtures.py): the float64 PyTorch reference
+// of the FLSL step on a tiny ViT, and what the tests that compare against it share: the model,
+// its initial weights, the input views, the drop-path masks of each iteration, the recipe and the
+// loss parameters the script used. Included by test_golden (the CPU, f64 and f32) and
+// test_cuda_golden (cuda, f32).
+//
+// The fixture folder is FLSL_FIXTURE_DIR (compiled in: the source tree's) unless the environment
+// variable of the same name says where it is (a GPU machine that runs binaries built elsewhere).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <flsl/flsl.hpp>
+#include <flsl/io/safetensors.hpp>
+#include <flsl/train/flsl_step.hpp>
+#include <string>
+#include <utility>
+
+namespace flsl_test {
+
+using namespace flsl;
+
+using tiny_cfg = nn::vit_config<32, 2, 2, 8, 4, 48>;
+using tiny_net =
+    nn::backbone_with_head<nn::vision_transformer<tiny_cfg>, nn::projection_head<32, 64, 64, 32>>;
+
+inline std::string fixture_dir() {
+  const char* env = std::getenv("FLSL_FIXTURE_DIR");
+  return env != nullptr ? std::string(env) : std::string(FLSL_FIXTURE_DIR);
+}
+
+inline const io::safetensors_file& fixture() {
+  static const io::safetensors_file f(fixture_dir() + "/flsl_tiny.safetensors");
+  return f;
+}
+
+template <class T, class D>
+void load_init(nn::model<tiny_net, T, D>& m) {
+  for (auto& [name, p] : nn::named_parameters(m))
+    p.value().copy_from(fixture().get_as<T>("init." + name).template to<D>());
+}
+
+template <class T, class D = cpu>
+flsl_views<T, D> fixture_views() {
+  flsl_views<T> v;
+  v.teacher = fixture().get_as<T>("input.teacher");
+  v.global = fixture().get_as<T>("input.global");
+  v.local = fixture().get_as<T>("input.local");
+  v.query_global = fixture().get<std::int64_t>("input.query.global");
+  v.query_local = fixture().get<std::int64_t>("input.query.local");
+  v.locals = 2;
+  return views_to<D>(v);
+}
+
+/// Keep masks of iteration k: block 1 (rate 0.1) has one per branch and forward; block 0 none.
+template <class T, class D = cpu>
+flsl_drop_paths<T, D> fixture_drop(index_t k) {
+  flsl_drop_paths<T, D> d;
+  for (auto [view, out] : {std::pair{"global", &d.global}, std::pair{"local", &d.local}}) {
+    out->resize(2);
+    auto& b1 = (*out)[1];
+    b1.rate = 0.1;
+    const std::string key = std::string("input.keep.") + view + ".blocks.1.";
+    b1.attn = fixture().get_as<T>(key + "attn").select(0, k).clone().template to<D>();
+    b1.mlp = fixture().get_as<T>(key + "mlp").select(0, k).clone().template to<D>();
+  }
+  return d;
+}
+
+inline optim::recipe fixture_recipe() {
+  optim::recipe r;
+  r.epochs = 5;
+  r.iters_per_epoch = 2;
+  r.total_batch = 2;
+  r.lr = 0.5;
+  r.warmup_epochs = 1;
+  r.warmup_teacher_temp_epochs = 2;
+  r.freeze_last_layer = 1;
+  return r;
+}
+
+inline flsl_loss_params fixture_loss() {
+  flsl_loss_params p;
+  p.b_sa = 0.1 / std::sqrt(384.0);
+  p.b_ca = 0.2 / std::sqrt(384.0);
+  return p;
+}
+
+/// max |a - b| / (atol + rtol |b|) over all elements, a on any device: <= 1 passes.
+template <class T, class D>
+double excess(const Tensor<T, D>& got_any, const Tensor<double>& want, double atol, double rtol) {
+  const Tensor<T> got = got_any.template to<cpu>();
+  const Tensor<double> w_shaped = want.reshape_or_copy(got.shape());
+  const auto g = got.template to<double>().to_vector();
+  const auto w = w_shaped.contiguous().to_vector();
+  double worst = 0;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    worst = std::max(worst, std::abs(g[i] - w[i]) / (atol + rtol * std::abs(w[i])));
+  return worst;
+}
+
+inline double ref(const std::string& name) { return fixture().get<double>(name).data()[0]; }
+
+inline bool is_key_bias(const std::string& name) {
+  return name.find("qkv.bias") != std::string::npos;
+}
+
+}  // namespace flsl_test
