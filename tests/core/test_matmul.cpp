@@ -277,6 +277,13 @@ TEST_CASE("f32 matmul across the register tile, K block and row block edges, eve
     check_f32_product(matmul(at.t(), b), want, scale, K);
     check_f32_product(matmul(a, bt.t()), want, scale, K);
     check_f32_product(matmul(at.t(), bt.t()), want, scale, K);
+    // operands that are offset views with leading dimensions wider than their rows (unaligned)
+    const auto a_wide = Tensor<float>::zeros({M, K + 3}),
+               b_wide = Tensor<float>::zeros({K + 1, N + 7});
+    a_wide.narrow(1, 1, K).copy_from(a);
+    b_wide.narrow(0, 1, K).narrow(1, 5, N).copy_from(b);
+    check_f32_product(matmul(a_wide.narrow(1, 1, K), b_wide.narrow(0, 1, K).narrow(1, 5, N)), want,
+                      scale, K);
     // a row-major output with a leading dimension wider than N
     auto wide = Tensor<float>::zeros({M, N + 5});
     matmul_into(wide.narrow(1, 0, N), a, b);
