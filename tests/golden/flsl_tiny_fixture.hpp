@@ -94,6 +94,7 @@ template <class T, class D>
 double excess(const Tensor<T, D>& got_any, const Tensor<double>& want, double atol, double rtol) {
   const Tensor<T> got = got_any.template to<cpu>();
   const Tensor<double> w_shaped = want.reshape_or_copy(got.shape());
+  REQUIRE(w_shaped.shape() == got.shape());
   const auto g = got.template to<double>().to_vector();
   const auto w = w_shaped.contiguous().to_vector();
   double worst = 0;
