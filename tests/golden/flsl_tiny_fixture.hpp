@@ -1,8 +1,9 @@
 // tests/fixtures/flsl_tiny.safetensors (tools/make_flsl_fixtures.py): the float64 PyTorch reference
 // of the FLSL step on a tiny ViT, and what the tests that compare against it share: the model,
 // its initial weights, the input views, the drop-path masks of each iteration, the recipe and the
-// loss parameters the script used. Included by test_golden (the CPU, f64 and f32) and
-// test_cuda_golden (cuda, f32).
+// loss parameters the script used, and the checks both devices run (ten f32 steps; the step
+// under bf16 autocast). Included by test_golden (the CPU: f64, f32, autocast) and
+// test_cuda_golden (cuda: f32, autocast).
 //
 // The fixture folder is FLSL_FIXTURE_DIR (compiled in: the source tree's) unless the environment
 // variable of the same name says where it is (a GPU machine that runs binaries built elsewhere).
@@ -133,6 +134,77 @@ void check_ten_f32_steps(Learner& learner, Model& s) {
       CHECK(excess(p.value(), want, 1e-5, 1e-4) <= 1);
     }
   }
+}
+
+/// The FLSL step with the backbones under autocast bf16 (nn/autocast.hpp; f32 master weights, the
+/// head and the objective f32) against the f64 reference: the first step's loss terms and
+/// gradients, then ten learner steps' losses and weights. Each bf16 rounding moves a value by up
+/// to 2^-9 relative; the bounds are the errors measured on the CPU (in the comments and the
+/// MESSAGEs) times about three.
+template <class D>
+void check_autocast_bf16() {
+  auto rel_max = [](const std::vector<double>& g, const std::vector<double>& w) {
+    REQUIRE(g.size() == w.size());
+    double e = 0, m = 0;
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      e = std::max(e, std::abs(g[i] - w[i]));
+      m = std::max(m, std::abs(w[i]));
+    }
+    return e / std::max(m, 1e-30);  // max |g - w| / max |w|
+  };
+  nn::model<tiny_net, float, D> s(0), t(0);
+  load_init(s);
+  flsl_loss_params lp = fixture_loss();
+  lp.autocast = nn::autocast::bf16;
+  auto r = flsl_loss(s, s, fixture_views<float, D>(), 0.04, lp, fixture_drop<float, D>(0));
+  double worst_loss = 0;
+  const std::pair<const Var<float, D>*, const char*> terms[] = {{&r.total, "step1.loss"},
+                                                                {&r.ms, "step1.loss_ms"},
+                                                                {&r.km, "step1.loss_km"},
+                                                                {&r.vmr, "step1.loss_vmr"}};
+  for (const auto& [got, key] : terms) {
+    CAPTURE(key);
+    const double e = std::abs(double(got->value().item()) - ref(key)) / std::abs(ref(key));
+    worst_loss = std::max(worst_loss, e);
+  }
+  r.total.backward();
+  double worst_grad = 0, dot = 0, na = 0, nb = 0;
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    CAPTURE(name);
+    const auto want = fixture().get<double>("step1.grad." + name);
+    const auto w = want.contiguous().to_vector();
+    const auto g = p.grad().template to<cpu>().template to<double>().to_vector();
+    worst_grad = std::max(worst_grad, rel_max(g, w));
+    for (std::size_t i = 0; i < g.size(); ++i)
+      dot += g[i] * w[i], na += g[i] * g[i], nb += w[i] * w[i];
+  }
+  MESSAGE("first step: worst loss term error ", worst_loss, ", worst per-tensor gradient error ",
+          worst_grad, ", gradient cosine ", dot / std::sqrt(na * nb));
+  CHECK(worst_loss < 1.5e-3);  // measured 4.5e-4
+  CHECK(worst_loss > 1e-5);    // f32's tolerance: the bf16 path did run
+  CHECK(worst_grad < 4e-2);    // measured 1.2e-2 (of each tensor's largest element)
+  CHECK(dot / std::sqrt(na * nb) > 0.9999);
+  nn::zero_grad(s);
+  flsl_learner<nn::model<tiny_net, float, D>, float, D> learner(s, t, fixture_recipe(), lp);
+  learner.sync_teacher();
+  const auto losses = fixture().get<double>("steps10.loss");  // [10, 4]
+  const auto views = fixture_views<float, D>();
+  double worst_step = 0;
+  for (index_t k = 0; k < 10; ++k) {
+    const auto res = learner.step(views, fixture_drop<float, D>(k));
+    worst_step = std::max(worst_step, std::abs(res.total - losses(k, 0)) / std::abs(losses(k, 0)));
+  }
+  double worst_weight = 0;
+  for (auto& [name, p] : nn::named_parameters(s)) {
+    const auto want = fixture().get<double>("steps10.param." + name);
+    const auto w = want.contiguous().to_vector();
+    const auto g = p.value().template to<cpu>().template to<double>().to_vector();
+    if (!is_key_bias(name)) worst_weight = std::max(worst_weight, rel_max(g, w));
+  }
+  MESSAGE("ten steps: worst loss error ", worst_step, ", worst per-tensor weight error ",
+          worst_weight);
+  CHECK(worst_step < 1e-2);    // measured 2.8e-3
+  CHECK(worst_weight < 4e-2);  // measured 1.4e-2 (the key bias, whose gradient is 0, left out)
 }
 
 }  // namespace flsl_test

@@ -150,3 +150,7 @@ TEST_CASE("f32: the first step and ten steps' losses track the f64 reference") {
   learner.sync_teacher();
   check_ten_f32_steps<cpu>(learner, s);
 }
+
+TEST_CASE("bf16 autocast: the first step and ten steps track the f64 reference to bf16 accuracy") {
+  check_autocast_bf16<cpu>();
+}

@@ -32,18 +32,53 @@ class no_grad {
 
 namespace autograd {
 
+/// What backward() needs of a node whatever its element type: one graph may hold several dtypes
+/// (a bf16 branch between f32 values, see Var::to). Ops work on the typed node<T, D>.
+struct node_base {
+  bool requires_grad = false;
+  const char* op = "leaf";
+  /// Inputs of another element type (only dtype casts have one); same-typed inputs are in
+  /// node<T, D>::inputs, which every other op uses.
+  std::vector<std::shared_ptr<node_base>> other_inputs;
+
+  node_base() = default;
+  node_base(const node_base&) = delete;
+  node_base& operator=(const node_base&) = delete;
+  virtual ~node_base() = default;
+  virtual bool is_leaf() const = 0;
+  virtual bool has_grad() const = 0;
+  virtual std::size_t input_count() const = 0;
+  /// Input i: the same-typed inputs first, then other_inputs.
+  virtual std::shared_ptr<node_base> input(std::size_t i) const = 0;
+  /// Runs the backward closure (the gradient exists).
+  virtual void run_backward() = 0;
+  /// Frees the graph behind this node (closure and inputs); drops the gradient unless kept.
+  virtual void release(bool keep_grad) = 0;
+};
+
 /// One value in the graph: its tensor, its accumulated gradient, and for op results the inputs and
 /// the backward closure that turns this node's gradient into its inputs' gradients.
 template <class T, class D>
-struct node {
+struct node final : node_base {
   Tensor<T, D> value;
   Tensor<T, D> grad;  // undefined until something accumulates into it
-  bool requires_grad = false;
-  const char* op = "leaf";
   std::vector<std::shared_ptr<node>> inputs;
   std::function<void(node&)> backward;  // reads grad, accumulates into inputs
 
-  bool is_leaf() const { return !backward; }
+  bool is_leaf() const override { return !backward; }
+  bool has_grad() const override { return grad.defined(); }
+  std::size_t input_count() const override { return inputs.size() + other_inputs.size(); }
+  std::shared_ptr<node_base> input(std::size_t i) const override {
+    if (i < inputs.size()) return inputs[i];
+    return other_inputs[i - inputs.size()];
+  }
+  void run_backward() override { backward(*this); }
+  void release(bool keep_grad) override {
+    backward = nullptr;
+    inputs.clear();
+    other_inputs.clear();
+    if (!keep_grad) grad = Tensor<T, D>();
+  }
 
   /// grad += g (g: tensor or expression broadcastable to value's shape; summed over broadcast
   /// axes). The first accumulation writes instead of adding.
@@ -160,14 +195,16 @@ class Var {
                n_->op, " requires one, or it was computed under no_grad)");
     // Topological order (inputs before users) by an iterative depth-first search. The order holds
     // owning pointers: freeing a node's inputs below must not destroy nodes still to be visited.
-    std::vector<std::shared_ptr<node_type>> order;
-    std::unordered_set<node_type*> seen;
-    std::vector<std::pair<std::shared_ptr<node_type>, std::size_t>> stack{{n_, 0}};
+    // The nodes may have other element types (dtype casts), hence node_base.
+    using base = autograd::node_base;
+    std::vector<std::shared_ptr<base>> order;
+    std::unordered_set<base*> seen;
+    std::vector<std::pair<std::shared_ptr<base>, std::size_t>> stack{{n_, 0}};
     seen.insert(n_.get());
     while (!stack.empty()) {
       auto& top = stack.back();
-      if (top.second < top.first->inputs.size()) {
-        std::shared_ptr<node_type> in = top.first->inputs[top.second++];
+      if (top.second < top.first->input_count()) {
+        std::shared_ptr<base> in = top.first->input(top.second++);
         if (in->requires_grad && !in->is_leaf() && seen.insert(in.get()).second)
           stack.emplace_back(std::move(in), 0);
       } else {
@@ -177,12 +214,35 @@ class Var {
     }
     n_->accumulate(seed);
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
-      node_type* nd = it->get();
-      if (nd->grad.defined()) nd->backward(*nd);
+      base* nd = it->get();
+      if (nd->has_grad()) nd->run_backward();
       // Free the graph: saved tensors live in the closure, inputs keep parents alive.
-      nd->backward = nullptr;
-      nd->inputs.clear();
-      if (nd != n_.get()) nd->grad = Tensor<T, D>();
+      nd->release(/*keep_grad=*/nd == n_.get());
+    }
+  }
+
+  /// This value converted to element type U (bf16 <-> f32 <-> f64), as a graph node: the gradient
+  /// is converted back to T and accumulated into this value's. The basis of mixed precision: a
+  /// bf16 branch computed from f32 values, whose gradients reach the f32 parameters. Converting to
+  /// T itself returns this Var.
+  template <class U>
+  Var<U, D> to() const {
+    static_assert(is_floating<T> && is_floating<U>,
+                  "Var::to<U>: converts between floating types (float, double, bf16)");
+    if constexpr (std::is_same_v<U, T>) {
+      return *this;
+    } else {
+      Var<U, D> out(value().template to<U>(), false);
+      out.n_->op = "to_dtype";
+      if (grad_mode() && requires_grad()) {
+        out.n_->requires_grad = true;
+        out.n_->other_inputs.push_back(n_);
+        out.n_->backward = [](autograd::node<U, D>& nd) {
+          auto& in = static_cast<node_type&>(*nd.other_inputs[0]);
+          in.accumulate(nd.grad.template to<T>());
+        };
+      }
+      return out;
     }
   }
 
@@ -217,6 +277,8 @@ class Var {
   }
 
  private:
+  template <class, class>
+  friend class Var;
   std::shared_ptr<node_type> n_;
 };
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "../autograd/ops.hpp"
+#include "autocast.hpp"
 #include "module.hpp"
 
 namespace flsl::nn {
@@ -22,6 +23,13 @@ struct linear {
     explicit module(std::uint64_t seed = 0) : module(init_stream{seed, 0}) {}
 
     Var<T, D> operator()(const Var<T, D>& x) const { return flsl::linear(x, weight, bias); }
+    /// The product in element type A (autocast): the weight and bias converted to A as graph
+    /// nodes (their gradients reach the T parameters), x already in A.
+    template <class A>
+    Var<A, D> cast_forward(const Var<A, D>& x) const {
+      return flsl::linear(x, weight.template to<A>(),
+                          bias.defined() ? bias.template to<A>() : Var<A, D>());
+    }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
       f(join_name(prefix, "weight"), weight);

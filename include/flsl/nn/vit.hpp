@@ -66,6 +66,11 @@ struct attention {
     Var<T, Dev> operator()(const Var<T, Dev>& x) const {  // [B, N, D] -> [B, N, D]
       return proj(multi_head_attention(qkv(x), int(Heads)));
     }
+    /// Under autocast to A: x in A, the projections and the attention in A.
+    template <class A>
+    Var<A, Dev> cast_forward(const Var<A, Dev>& x) const {
+      return proj.cast_forward(multi_head_attention(qkv.cast_forward(x), int(Heads)));
+    }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
       qkv.for_each_parameter(f, join_name(prefix, "qkv"));
@@ -85,6 +90,11 @@ struct mlp {
     explicit module(init_stream& init) : fc1(init), fc2(init) {}
     Var<T, Dev> operator()(const Var<T, Dev>& x) const {
       return fc2(Var<T, Dev>(flsl::gelu(fc1(x))));
+    }
+    /// Under autocast to A: both products and the GELU in A (GELU computes in f32 and rounds).
+    template <class A>
+    Var<A, Dev> cast_forward(const Var<A, Dev>& x) const {
+      return fc2.cast_forward(Var<A, Dev>(flsl::gelu(fc1.cast_forward(x))));
     }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
@@ -117,6 +127,18 @@ struct block {
       Var<T, Dev> h = branch(attn(norm1(x)), drop.attn, drop.rate);
       Var<T, Dev> y = x + h;
       Var<T, Dev> h2 = branch(ffn(norm2(y)), drop.mlp, drop.rate);
+      return y + h2;
+    }
+    /// The block under autocast to A (torch.autocast's placement): LayerNorm, drop path and the
+    /// residual stream in T; each branch converts its normalised input to A, runs in A and is
+    /// converted back to T (exactly) before the drop path and the add.
+    template <class A>
+    Var<T, Dev> cast_forward(const Var<T, Dev>& x, const block_drop<T, Dev>& drop = {}) const {
+      Var<T, Dev> h = branch(attn.cast_forward(norm1(x).template to<A>()).template to<T>(),
+                             drop.attn, drop.rate);
+      Var<T, Dev> y = x + h;
+      Var<T, Dev> h2 =
+          branch(ffn.cast_forward(norm2(y).template to<A>()).template to<T>(), drop.mlp, drop.rate);
       return y + h2;
     }
     template <class F>
@@ -152,6 +174,11 @@ struct patch_embedding {
     }
     Var<T, Dev> operator()(const Var<T, Dev>& images) const {  // [B,C,H,W] -> [B, HW/P^2, D]
       return flsl::patch_embed(images, weight, bias, P);
+    }
+    /// Under autocast to A (images already in A): the embedding's product in A.
+    template <class A>
+    Var<A, Dev> cast_forward(const Var<A, Dev>& images) const {
+      return flsl::patch_embed(images, weight.template to<A>(), bias.template to<A>(), P);
     }
     template <class F>
     void for_each_parameter(F&& f, std::string_view prefix) {
@@ -190,9 +217,13 @@ struct vision_transformer {
 
     /// Output tokens [B, N, D] of images [B, 3, H, W] (H and W divisible by the patch; tokens in
     /// row-major grid order, N = (H/p)(W/p)). `drop` has one entry per block or is empty (no
-    /// stochastic depth: the teacher, evaluation).
+    /// stochastic depth: the teacher, evaluation). With `cast` = autocast::bf16 (f32 models
+    /// only) the patch embedding and every block's branches run on bf16 activations (see
+    /// block::cast_forward); the position add, the residual stream, LayerNorm and the output
+    /// stay f32.
     Var<T, Dev> operator()(const Tensor<T, Dev>& images,
-                           const std::vector<block_drop<T, Dev>>& drop = {}) const {
+                           const std::vector<block_drop<T, Dev>>& drop = {},
+                           autocast cast = autocast::off) const {
       FLSL_CHECK(images.rank() == 4 && images.size(1) == 3, "vision_transformer: images of shape ",
                  images.shape(), " (expected [B, 3, H, W])");
       FLSL_CHECK(images.size(2) % Cfg::patch == 0 && images.size(3) % Cfg::patch == 0 &&
@@ -202,9 +233,22 @@ struct vision_transformer {
       FLSL_CHECK(drop.empty() || index_t(drop.size()) == Cfg::depth,
                  "vision_transformer: ", drop.size(), " drop-path entries for ", Cfg::depth,
                  " blocks");
+      const auto& pos = positions(images.size(2) / Cfg::patch, images.size(3) / Cfg::patch);
+      if (cast == autocast::bf16) {
+        if constexpr (std::is_same_v<T, float>) {
+          Var<bf16, Dev> x = patch_embed.cast_forward(Var<bf16, Dev>(images.template to<bf16>()));
+          Var<T, Dev> h = x.template to<T>() + Var<T, Dev>(pos);
+          for (std::size_t i = 0; i < blocks.size(); ++i)
+            h = drop.empty() ? blocks[i].template cast_forward<bf16>(h)
+                             : blocks[i].template cast_forward<bf16>(h, drop[i]);
+          return norm(h);
+        } else {
+          fail("vision_transformer: autocast bf16 needs an f32 model, this one is ",
+               dtype_name(dtype_of<T>));
+        }
+      }
       Var<T, Dev> x = patch_embed(Var<T, Dev>(images));
-      Var<T, Dev> h =
-          x + Var<T, Dev>(positions(images.size(2) / Cfg::patch, images.size(3) / Cfg::patch));
+      Var<T, Dev> h = x + Var<T, Dev>(pos);
       for (std::size_t i = 0; i < blocks.size(); ++i)
         h = drop.empty() ? blocks[i](h) : blocks[i](h, drop[i]);
       return norm(h);

@@ -24,6 +24,9 @@ struct flsl_loss_params {
   /// batch-mean teacher logits with this momentum (flsl_learner keeps it).
   bool center_teacher = false;
   double center_momentum = 0.9;
+  /// The backbones' activations (teacher and student): f32, or bf16 branches (nn/autocast.hpp,
+  /// torch.autocast's placement). The head and every term of the objective stay f32.
+  nn::autocast autocast = nn::autocast::off;
 };
 
 /// One batch of views: the teacher view and the student global view of B images, L local views
@@ -105,17 +108,17 @@ flsl_loss_result<T, D> flsl_loss(const Net& student, const Net& teacher, const f
   flsl_loss_result<T, D> r;
   {
     no_grad ng;
-    r.teacher_tokens = teacher.backbone(v.teacher).value();  // [B, M, D]
+    r.teacher_tokens = teacher.backbone(v.teacher, {}, p.autocast).value();  // [B, M, D]
   }
   std::vector<Var<T, D>> zq, zhat;
   std::vector<Tensor<T, D>> zplus;
-  r.student_global = student.backbone(v.global, drop.global);
+  r.student_global = student.backbone(v.global, drop.global, p.autocast);
   detail::flsl_view_terms(r.student_global, v.query_global, r.teacher_tokens, p, zq, zhat, zplus);
   if (v.locals > 0) {
     FLSL_CHECK(v.local.defined() && v.local.size(0) == B * v.locals, "flsl_loss: local views of ",
                "shape ", v.local.defined() ? v.local.shape() : Shape{}, " for ", B, " images x ",
                v.locals, " locals");
-    r.student_local = student.backbone(v.local, drop.local);
+    r.student_local = student.backbone(v.local, drop.local, p.autocast);
     // local row r pairs with teacher row r / L
     auto rows = Tensor<std::int64_t, cpu>::empty(Shape{B * v.locals});  // built on the host
     for (index_t i = 0; i < B * v.locals; ++i) rows.data()[i] = i / v.locals;

@@ -269,9 +269,8 @@ namespace detail {
 /// head_dim 16, 32 or 64 (the kernels refuse others, naming the head_dim). f32 only for now.
 template <class T>
 Var<T, cuda> multi_head_attention_cuda(const Var<T, cuda>& qkv, int heads) {
-  static_assert(std::is_same_v<T, float>,
-                "flsl::multi_head_attention on cuda: f32 only so far (the kernels also take bf16, "
-                "untested through Var)");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>,
+                "flsl::multi_head_attention on cuda: f32 or bf16 (fp32 arithmetic either way)");
   using Dev = cuda;
   const index_t b = qkv.size(0), n = qkv.size(1), d = qkv.size(2) / 3;
   const Tensor<T, Dev> x = qkv.value().contiguous();
@@ -286,6 +285,28 @@ Var<T, cuda> multi_head_attention_cuda(const Var<T, cuda>& qkv, int heads) {
     add_fresh_grad(in, dqkv);
   };
   return Var<T, Dev>::make_result(out, "multi_head_attention", backward, qkv);
+}
+
+/// bf16 attention on the CPU with the cuda kernels' semantics: bf16 qkv and output, fp32
+/// arithmetic. The forward converts qkv to f32, runs the f32 kernel and rounds the output once;
+/// the backward converts qkv, the (rounded) output and its gradient to f32 and rounds dqkv once.
+/// Saves the bf16 qkv (half the memory of an f32 copy) and the f32 row statistics.
+inline Var<bf16, cpu> multi_head_attention_bf16_cpu(const Var<bf16, cpu>& qkv, int heads) {
+  const index_t b = qkv.size(0), n = qkv.size(1), d = qkv.size(2) / 3;
+  const float scale = float(1.0 / std::sqrt(double(d / heads)));
+  const Tensor<bf16> x = qkv.value();
+  auto out = Tensor<float>::empty({b, n, d});      // [B, N, D]
+  auto lse = Tensor<float>::empty({b, heads, n});  // [B, H, N]
+  attention_forward(x.to<float>(), heads, scale, out, lse);
+  auto backward = [x, lse, heads, scale](autograd::node<bf16, cpu>& node) {
+    auto& in = *node.inputs[0];
+    if (!in.requires_grad) return;
+    auto dqkv = Tensor<float>::empty(x.shape());  // [B, N, 3D]
+    attention_backward(x.to<float>(), node.value.to<float>(), node.grad.to<float>(), lse,
+                       index_t(heads), scale, dqkv);
+    add_fresh_grad(in, dqkv.to<bf16>());
+  };
+  return Var<bf16, cpu>::make_result(out.to<bf16>(), "multi_head_attention", backward, qkv);
 }
 
 }  // namespace detail
@@ -308,6 +329,8 @@ Var<T, D> multi_head_attention(const Var<T, D>& qkv, int heads) {
   FLSL_CHECK(n > 0, "multi_head_attention: no tokens in qkv ", qkv.shape());
   if constexpr (!std::is_same_v<D, cpu>) {
     return detail::multi_head_attention_cuda(qkv, heads);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    return detail::multi_head_attention_bf16_cpu(qkv, heads);
   } else {
     detail::check_attention_types<T, D>();
     const T scale = T(1.0 / std::sqrt(double(d / heads)));

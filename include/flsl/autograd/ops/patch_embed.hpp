@@ -50,7 +50,8 @@ template <class T>
 void patch_fold(const Tensor<T, cpu>& cols, index_t p, const Tensor<T, cpu>& img, bool add) {
   for_each_patch_run(img, p, cols, [p, add](T* px, index_t sx, const T* in) {
     if (add) {
-      for (index_t j = 0; j < p; ++j) px[j * sx] += in[j];
+      for (index_t j = 0; j < p; ++j)
+        px[j * sx] = convert<T>(convert<compute_t<T>>(px[j * sx]) + convert<compute_t<T>>(in[j]));
     } else if (sx == 1) {
       std::copy_n(in, p, px);
     } else {
