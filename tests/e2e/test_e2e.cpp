@@ -248,6 +248,22 @@ TEST_CASE("with teacher centering the checkpoint holds the center and resume is 
                   .contains(train::teacher_center_name));
 }
 
+TEST_CASE("--autocast bf16 trains on bf16 activations; its resume is bit-exact too") {
+  temp_dir dir("autocast");
+  check_split_run(dir, {"--eval", "false", "--epochs", "1", "--autocast", "bf16"}, 2);
+  REQUIRE(run({"--eval", "false", "--epochs", "1", "--out", dir / "f32"}) == train::exit_ok);
+  const auto bf = step_losses(dir / "whole/log.jsonl"), f32 = step_losses(dir / "f32/log.jsonl");
+  REQUIRE(bf.size() == 4);
+  REQUIRE(f32.size() == 4);
+  for (const auto& [it, loss] : bf) {
+    CAPTURE(it);
+    const double want = f32.at(it);
+    CHECK(loss != want);                                    // bf16 rounding happened
+    CHECK(std::abs(loss - want) <= 1e-2 * std::abs(want));  // and stays close
+  }
+  CHECK(read_text(dir / "whole/config.json").find("\"autocast\": \"bf16\"") != std::string::npos);
+}
+
 TEST_CASE("fp16 products with a dynamic loss scale: skips are logged, resume is bit-exact") {
   temp_dir dir("fp16");
   // this tiny model's gradients reach ~1e4 and overflow fp16 at a scale of 2048 or more: from
@@ -369,6 +385,7 @@ TEST_CASE("bad options are refused before any work, with the reason") {
       {{"--flip_p", "2"}, "--flip_p on the command line: must be in [0, 1], got 2"},
       {{"--center_momentum", "1.5"}, "--center_momentum on the command line: must be in [0, 1]"},
       {{"--knn_labels", "hard"}, "'hard' is not one of: soft, majority"},
+      {{"--autocast", "fp16"}, "'fp16' is not one of: auto, off, bf16"},
       {{"--out_dim", "4096"}, "fixes out_dim = 64 at compile time"},
       {{"--warmup_epochs", "3"}, "--warmup_epochs: 3 is more than the 2 epochs"},
       {{"--batch", "17"}, "17 is more than the 16 procedural images"},

@@ -23,6 +23,7 @@
 #include "../backend/matmul_precision.hpp"
 #include "../core/error.hpp"
 #include "../core/shape.hpp"
+#include "../nn/autocast.hpp"
 
 namespace flsl::train {
 
@@ -102,8 +103,9 @@ struct run_config {
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
   // ---- precision (backend/matmul_precision.hpp, optim/grad_scaler.hpp)
   std::string matmul_precision = "auto";  // auto: exact on cpu, bf16 on cuda
-  std::string loss_scale = "auto";        // auto: dynamic with fp16 products, none otherwise
-  double loss_scale_init = 65536.0;       // a dynamic scale's start
+  std::string autocast = "auto";     // the backbones' activations; auto: off on cpu, bf16 on cuda
+  std::string loss_scale = "auto";   // auto: dynamic with fp16 products, none otherwise
+  double loss_scale_init = 65536.0;  // a dynamic scale's start
   index_t loss_scale_growth_interval = 2000;
   // ---- evaluation
   bool eval = true;
@@ -429,6 +431,12 @@ inline matmul_precision resolved_matmul_precision(const run_config& c) {
   return parse_matmul_precision(c.matmul_precision);
 }
 
+/// The backbones' activations a run uses: --autocast, with auto resolved for the device.
+inline nn::autocast resolved_autocast(const run_config& c) {
+  if (c.autocast == "auto") return c.device == "cuda" ? nn::autocast::bf16 : nn::autocast::off;
+  return nn::parse_autocast(c.autocast);
+}
+
 /// The option table, in --help order.
 inline const std::vector<option>& options() {
   using namespace detail;
@@ -629,6 +637,12 @@ inline const std::vector<option>& options() {
                     "exact on cpu, bf16 on cuda",
                     &run_config::matmul_precision,
                     one_of({"auto", "exact", "tf32", "bf16", "fp16"})));
+    add(make_option("autocast", opt, "A",
+                    "activations of the backbones: off (f32) or bf16 (products, attention and "
+                    "GELU on bf16 activations with fp32 arithmetic; LayerNorm, the residual "
+                    "stream, the head and the loss f32; f32 master weights); auto: off on cpu, "
+                    "bf16 on cuda",
+                    &run_config::autocast, one_of({"auto", "off", "bf16"})));
     add(make_option("loss_scale", opt, "S",
                     "backward seed for fp16 products: dynamic (start 65536, halve on an "
                     "overflow and skip the step), none, or a fixed number; auto: dynamic with "

@@ -355,6 +355,10 @@ class trainer {
         "; run folder '" + out_.string() + "'");
     make_data();
     make_models();
+    if (resolved_autocast(c_) != nn::autocast::off)
+      say(std::string("autocast ") + std::string(to_string(resolved_autocast(c_))) +
+          ": the backbones' products, attention and GELU on bf16 activations" +
+          (on_host ? " (slow on the CPU: the products convert to f32)" : ""));
     if (precision_ != matmul_precision::exact || learner_->loss_scaler().enabled())
       say(std::string("matmul precision ") + std::string(to_string(precision_)) +
           (on_host && precision_ != matmul_precision::exact ? " (emulated on the CPU)" : "") +
@@ -493,6 +497,7 @@ class trainer {
     lp.coef_vmr = c_.coef_vmr;
     lp.center_teacher = c_.center_teacher;
     lp.center_momentum = c_.center_momentum;
+    lp.autocast = resolved_autocast(c_);
     flsl_step_options so;
     so.clip_grad = c_.clip_grad;
     so.drop_path_rate = c_.drop_path_rate;
