@@ -1,13 +1,14 @@
 // The full FLSL step (train/flsl_step.hpp: teacher forward, student forward on the global and 2
 // local views, mean-shift attention, head, the three-term loss, backward, per-tensor clipping,
-// AdamW, EMA) on cuda in f32: vit_small/16 with the spec's head (out_dim 4096), 224 px teacher and
-// student views, 2 local views of 96 px, query windows 3 and 2, at batch 128 and 32, on random
-// data already on the device (as ../shared/bench/torch_flsl_step.py times it). Counters:
-// images_per_s; peak_device_MiB, the caching allocator's largest bytes in use (parameters,
-// optimizer state and activations; not cuBLASLt's workspace or the CUDA context);
-// cuda_mallocs_in_loop, cudaMalloc calls during the timed steps (0 once the cache is warm).
-// Built only with the CUDA backend; without a device each benchmark reports an error and stops.
-// Not yet run on a GPU. scripts/gpu_check.sh runs it next to the PyTorch anchor.
+// AdamW, EMA) on cuda in f32 (and in the last case with the backbones on bf16 activations):
+// vit_small/16 with the spec's head (out_dim 4096), 224 px teacher and student views, 2 local views
+// of 96 px, query windows 3 and 2, at batch 128 and 32, on random data already on the device (as
+// ../shared/bench/torch_flsl_step.py times it). Counters: images_per_s; peak_device_MiB, the
+// caching allocator's largest bytes in use (parameters, optimizer state and activations; not
+// cuBLASLt's workspace or the CUDA context); cuda_mallocs_in_loop, cudaMalloc calls during the
+// timed steps (0 once the cache is warm). Built only with the CUDA backend; without a device each
+// benchmark reports an error and stops. Not yet run on a GPU. scripts/gpu_check.sh runs it next to
+// the PyTorch anchor.
 #include <benchmark/benchmark.h>
 
 #include <flsl/backend/cuda.cuh>
@@ -36,7 +37,8 @@ Tensor<std::int64_t> top_left_queries(index_t rows, int grid, int window) {
 
 template <class Cfg>
 void run_step(benchmark::State& st, index_t batch,
-              matmul_precision precision = matmul_precision::exact) {
+              matmul_precision precision = matmul_precision::exact,
+              nn::autocast cast = nn::autocast::off) {
   if (!cuda_available()) {
     st.SkipWithError("no CUDA device");
     return;
@@ -48,7 +50,9 @@ void run_step(benchmark::State& st, index_t batch,
   r.epochs = 100;
   r.iters_per_epoch = 1000;
   r.total_batch = batch;
-  flsl_learner<flsl_net<Cfg>, float, cuda> learner(student, teacher, r);
+  flsl_loss_params lp;
+  lp.autocast = cast;
+  flsl_learner<flsl_net<Cfg>, float, cuda> learner(student, teacher, r, lp);
   learner.sync_teacher();
   learner.state().iteration = 5000;  // past the warm-up and the last-layer freeze
   flsl_views<float> v;
@@ -86,6 +90,11 @@ void BM_flsl_step_cuda_vit_small16_b128_tf32(benchmark::State& st) {
 void BM_flsl_step_cuda_vit_small16_b128_bf16(benchmark::State& st) {
   run_step<nn::vit_small<16>>(st, 128, matmul_precision::bf16);
 }
+// flsl_pretrain's cuda defaults, the anchor's setting: the backbones on bf16 activations
+// (autocast), the head's f32 products with bf16 inputs
+void BM_flsl_step_cuda_vit_small16_b128_autocast_bf16(benchmark::State& st) {
+  run_step<nn::vit_small<16>>(st, 128, matmul_precision::bf16, nn::autocast::bf16);
+}
 BENCHMARK(BM_flsl_step_cuda_vit_small16_b32)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
@@ -99,6 +108,10 @@ BENCHMARK(BM_flsl_step_cuda_vit_small16_b128_tf32)
     ->UseRealTime()
     ->Iterations(5);
 BENCHMARK(BM_flsl_step_cuda_vit_small16_b128_bf16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(5);
+BENCHMARK(BM_flsl_step_cuda_vit_small16_b128_autocast_bf16)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(5);

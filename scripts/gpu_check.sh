@@ -99,7 +99,8 @@ case "${1:-}" in
     step flsl_pretrain_cuda 90 "$bin/flsl_pretrain" --device cuda --epochs 1 --eval false \
       --pictures 0 --progress plain --out "$out/run" || true
     rm -rf "$out/run/checkpoints" || true
-    # the FLSL step on cuda (vit_small/16 f32; exact, tf32 and bf16 GEMMs): images/s, peak memory
+    # the FLSL step on cuda (vit_small/16 f32; exact, tf32 and bf16 GEMMs; autocast bf16 with bf16
+    # GEMMs, the trainer's cuda defaults): images/s, peak memory
     step "$bench" 150 "$bin/$bench" --benchmark_format=json --benchmark_out="$out/$bench.json" \
       --benchmark_out_format=json || true
     if grep -q images_per_s "$out/$bench.json" 2> /dev/null; then

@@ -54,3 +54,8 @@ TEST_CASE("cuda f32: ten full steps (clip, freeze, AdamW, EMA, schedules) track 
   learner.sync_teacher();
   check_ten_f32_steps<cuda>(learner, s);
 }
+
+TEST_CASE("cuda bf16 autocast: the first step and ten steps track PyTorch's to bf16 accuracy") {
+  SKIP_WITHOUT_CUDA_DEVICE();
+  check_autocast_bf16<cuda>();  // the CPU's bounds (measured there, times about three)
+}
