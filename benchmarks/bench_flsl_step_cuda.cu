@@ -11,11 +11,14 @@
 // the PyTorch anchor.
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
 #include <flsl/backend/cuda.cuh>
 #include <flsl/data/query_tokens.hpp>
 #include <flsl/flsl.hpp>
 #include <flsl/train/flsl_step.hpp>
+#include <fstream>
 #include <span>
+#include <string>
 
 using namespace flsl;
 
@@ -36,7 +39,7 @@ Tensor<std::int64_t> top_left_queries(index_t rows, int grid, int window) {
 }
 
 template <class Cfg>
-void run_step(benchmark::State& st, index_t batch,
+void run_step(benchmark::State& st, const char* name, index_t batch,
               matmul_precision precision = matmul_precision::exact,
               nn::autocast cast = nn::autocast::off) {
   if (!cuda_available()) {
@@ -63,38 +66,76 @@ void run_step(benchmark::State& st, index_t batch,
   v.query_global = top_left_queries(batch, 14, 3);
   v.query_local = top_left_queries(batch * 2, 6, 2);
   const flsl_views<float, cuda> vg = views_to<cuda>(v);
+  const cuda_work_counters before = cuda_work();
   learner.step(vg);  // warm-up: fills the allocator's cache and cuBLASLt's heuristics
   synchronize();
+  const double step_flops = (cuda_work().gemm_flops - before.gemm_flops) +
+                            (cuda_work().attention_flops - before.attention_flops);
   const long long mallocs = cuda_memory().device_allocations;
   for (auto _ : st) {
     auto res = learner.step(vg);  // the loss is read on the host: one synchronisation per step
     benchmark::DoNotOptimize(res.total);
   }
   synchronize();
+  const long long mallocs_in_loop = cuda_memory().device_allocations - mallocs;
+  // FLSL_CUDA_TIMELINE=DIR: one more step recorded on a cuda_timeline, its report written to
+  // DIR/<name>.csv (where the step's time goes, per op and kernel)
+  if (const char* dir = std::getenv("FLSL_CUDA_TIMELINE"); dir && *dir) {
+    cuda_timeline::instance().start();
+    learner.step(vg);
+    const auto report = cuda_timeline::instance().stop();
+    std::ofstream(std::string(dir) + "/" + name + ".csv") << cuda_timeline::csv(report);
+  }
   st.counters["images_per_s"] =
       benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
+  // the step's GEMM and attention FLOPs (timeline.cuh's counters) per second
+  st.counters["TFLOP_per_s"] =
+      benchmark::Counter(step_flops * 1e-12, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GFLOP_per_image"] = step_flops * 1e-9 / double(batch);
   st.counters["peak_device_MiB"] = double(cuda_memory().peak_in_use) / double(1 << 20);
-  st.counters["cuda_mallocs_in_loop"] = double(cuda_memory().device_allocations - mallocs);
+  st.counters["cuda_mallocs_in_loop"] = double(mallocs_in_loop);
 }
 
 void BM_flsl_step_cuda_vit_small16_b128(benchmark::State& st) {
-  run_step<nn::vit_small<16>>(st, 128);
+  run_step<nn::vit_small<16>>(st, "BM_flsl_step_cuda_vit_small16_b128", 128);
 }
 void BM_flsl_step_cuda_vit_small16_b32(benchmark::State& st) {
-  run_step<nn::vit_small<16>>(st, 32);
+  run_step<nn::vit_small<16>>(st, "BM_flsl_step_cuda_vit_small16_b32", 32);
 }
 // the same step with the GEMMs on tensor cores (f32 in memory, fp32 accumulation)
 void BM_flsl_step_cuda_vit_small16_b128_tf32(benchmark::State& st) {
-  run_step<nn::vit_small<16>>(st, 128, matmul_precision::tf32);
+  run_step<nn::vit_small<16>>(st, "BM_flsl_step_cuda_vit_small16_b128_tf32", 128,
+                              matmul_precision::tf32);
 }
 void BM_flsl_step_cuda_vit_small16_b128_bf16(benchmark::State& st) {
-  run_step<nn::vit_small<16>>(st, 128, matmul_precision::bf16);
+  run_step<nn::vit_small<16>>(st, "BM_flsl_step_cuda_vit_small16_b128_bf16", 128,
+                              matmul_precision::bf16);
 }
 // flsl_pretrain's cuda defaults, the anchor's setting: the backbones on bf16 activations
 // (autocast), the head's f32 products with bf16 inputs
 void BM_flsl_step_cuda_vit_small16_b128_autocast_bf16(benchmark::State& st) {
-  run_step<nn::vit_small<16>>(st, 128, matmul_precision::bf16, nn::autocast::bf16);
+  run_step<nn::vit_small<16>>(st, "BM_flsl_step_cuda_vit_small16_b128_autocast_bf16", 128,
+                              matmul_precision::bf16, nn::autocast::bf16);
 }
+// The device's bf16 GEMM rate in the same run (the denominator of the step's share of peak): an
+// 8192^3 product, bf16 in and out, fp32 accumulation.
+void BM_cublaslt_bf16_gemm_8192(benchmark::State& st) {
+  if (!cuda_available()) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  constexpr index_t n = 8192;
+  auto a = Tensor<float, cuda>::randn({n, n}, 1).to<bf16>();
+  auto b = Tensor<float, cuda>::randn({n, n}, 2).to<bf16>();
+  auto c = Tensor<bf16, cuda>::empty({n, n});
+  matmul_into(c, a, b);  // warm-up (heuristic, clocks)
+  synchronize();
+  for (auto _ : st) matmul_into(c, a, b);
+  synchronize();
+  st.counters["TFLOP_per_s"] = benchmark::Counter(2.0 * double(n) * double(n) * double(n) * 1e-12,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_cublaslt_bf16_gemm_8192)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(20);
 BENCHMARK(BM_flsl_step_cuda_vit_small16_b32)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()

@@ -101,8 +101,19 @@ case "${1:-}" in
     rm -rf "$out/run/checkpoints" || true
     # the FLSL step on cuda (vit_small/16 f32; exact, tf32 and bf16 GEMMs; autocast bf16 with bf16
     # GEMMs, the trainer's cuda defaults): images/s, peak memory
+    # FLSL_CUDA_TIMELINE: each case also writes where one step's time goes (per op and kernel)
+    mkdir -p "$out/timeline"
+    export FLSL_CUDA_TIMELINE="$out/timeline"
     step "$bench" 150 "$bin/$bench" --benchmark_format=json --benchmark_out="$out/$bench.json" \
       --benchmark_out_format=json || true
+    unset FLSL_CUDA_TIMELINE
+    for csv in "$out"/timeline/*autocast*.csv; do
+      if [[ -f "$csv" ]]; then
+        echo "timeline of one step, $(basename "$csv" .csv), the 15 largest (op, kernel, launches, ms, share):" >> "$out/summary.txt"
+        sed -n 2,16p "$csv" >> "$out/summary.txt"
+      fi
+    done
+    grep -E '"name"|images_per_s|TFLOP_per_s|peak_device_MiB|"error_message"' "$out/$bench.json" >> "$out/summary.txt" 2> /dev/null || true
     if grep -q images_per_s "$out/$bench.json" 2> /dev/null; then
       # the PyTorch anchor at the same shapes (bf16 autocast, SDPA attention), eager and compiled
       if [[ -f "$bin/torch_flsl_step.py" ]] && python3 -c 'import torch' 2> /dev/null; then

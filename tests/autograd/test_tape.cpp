@@ -107,3 +107,30 @@ TEST_CASE("broadcast inputs receive gradients summed over the broadcast axes") {
   CHECK(b.grad().to_vector() == std::vector<double>{2.0, 2.0, 2.0});
   CHECK(a.grad().to_vector() == std::vector<double>{1, 2, 3, 1, 2, 3});
 }
+
+namespace {
+std::vector<std::string>& traced() {
+  static std::vector<std::string> v;
+  return v;
+}
+void record_op(const char* op, bool backward) {
+  traced().push_back(std::string(op) + (backward ? " bwd" : ""));
+}
+}  // namespace
+
+TEST_CASE(
+    "the op trace hook sees each op's forward when it is made and its backward after it ran") {
+  traced().clear();
+  detail::op_trace_hook() = &record_op;
+  auto x = Var<double>(Tensor<double>::randn({4, 3}, 1), true);
+  auto w = Var<double>(Tensor<double>::randn({2, 3}, 2), true);
+  Var<double> y = linear(x, w);           // "linear"
+  Var<float> f = y.to<float>();           // "to_dtype"
+  Var<float> s = sum(Var<float>(f * f));  // "elementwise", then "sum"
+  s.backward();                           // from the output back to linear
+  detail::op_trace_hook() = nullptr;
+  Var<double> untraced = x * 2.0;  // no hook: nothing recorded
+  CHECK(traced() == std::vector<std::string>{"linear", "to_dtype", "elementwise", "sum", "sum bwd",
+                                             "elementwise bwd", "to_dtype bwd", "linear bwd"});
+  CHECK(x.grad().defined());
+}

@@ -9,6 +9,7 @@
 
 #include "../backend/cpu/gemm.hpp"
 #include "../core/tensor.hpp"
+#include "../core/trace.hpp"
 #include "../expr/reduce.hpp"
 
 namespace flsl {
@@ -215,7 +216,10 @@ class Var {
     n_->accumulate(seed);
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       base* nd = it->get();
-      if (nd->has_grad()) nd->run_backward();
+      if (nd->has_grad()) {
+        nd->run_backward();
+        detail::trace_op(nd->op, true);
+      }
       // Free the graph: saved tensors live in the closure, inputs keep parents alive.
       nd->release(/*keep_grad=*/nd == n_.get());
     }
@@ -234,6 +238,7 @@ class Var {
     } else {
       Var<U, D> out(value().template to<U>(), false);
       out.n_->op = "to_dtype";
+      detail::trace_op("to_dtype", false);
       if (grad_mode() && requires_grad()) {
         out.n_->requires_grad = true;
         out.n_->other_inputs.push_back(n_);
@@ -251,6 +256,7 @@ class Var {
   template <class... In>
   static Var make_result(Tensor<T, D> value, const char* op,
                          std::function<void(node_type&)> backward, const In&... inputs) {
+    detail::trace_op(op, false);
     Var out(std::move(value), false);
     out.n_->op = op;
     const bool needs = grad_mode() && (inputs.requires_grad() || ...);
@@ -264,6 +270,7 @@ class Var {
   /// As make_result, for a run-time list of inputs.
   static Var make_result_n(Tensor<T, D> value, const char* op,
                            std::function<void(node_type&)> backward, const std::vector<Var>& ins) {
+    detail::trace_op(op, false);
     Var out(std::move(value), false);
     out.n_->op = op;
     bool needs = false;

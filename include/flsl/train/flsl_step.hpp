@@ -100,7 +100,9 @@ class flsl_learner {
 
   /// One step on a batch; stochastic-depth masks are drawn from (seed, iteration).
   flsl_step_result step(const flsl_views<T, D>& batch) {
-    return step(batch, draw_drop_paths(batch));
+    const flsl_drop_paths<T, D> drop = draw_drop_paths(batch);
+    detail::trace_op("flsl_step: drop-path masks", false);
+    return step(batch, drop);
   }
   /// One step with explicit stochastic-depth masks (tests and fixtures).
   flsl_step_result step(const flsl_views<T, D>& batch, const flsl_drop_paths<T, D>& drop) {
@@ -118,6 +120,7 @@ class flsl_learner {
     res.vmr = double(r.vmr.value().item());
     res.teacher_entropy = double(r.teacher_entropy.item());
     res.student_entropy = double(r.student_entropy.item());
+    detail::trace_op("flsl_step: read the loss", false);  // (a device profiler's label)
     FLSL_CHECK(std::isfinite(res.total), "flsl step ", state_.iteration, " (epoch ", s.epoch,
                "): the loss is not finite: total ", res.total, ", L_ms ", res.ms, ", L_km ", res.km,
                ", L_vmr ", res.vmr, "; the weights were not updated");
@@ -128,7 +131,9 @@ class flsl_learner {
     else
       r.total.backward(Tensor<T, D>::full(r.total.shape(), convert<T>(float(res.loss_scale))));
     scaler_.unscale(student_params_);
+    detail::trace_op("flsl_step: unscale", false);
     res.grad_norms = optim::clip_grad_per_tensor(student_params_, opt_.clip_grad);
+    detail::trace_op("flsl_step: clip", false);
     if (s.last_layer_frozen)
       for (auto& [name, p] : student_params_)
         if (optim::is_last_layer(name)) p.zero_grad();
@@ -139,7 +144,9 @@ class flsl_learner {
       scaler_.update(finite);
     }
     if (!res.skipped) adam_.step(s.lr, s.weight_decay);
+    detail::trace_op("flsl_step: adamw", false);
     optim::ema_update(teacher_params_, student_params_, s.momentum);
+    detail::trace_op("flsl_step: ema", false);
     if (loss_.center_teacher) {  // center = m * center + (1 - m) * mean of this batch's logits
       no_grad ng;
       const double m = loss_.center_momentum;

@@ -115,6 +115,28 @@ struct lt_matrix {
   ~lt_matrix() { cublasLtMatrixLayoutDestroy(layout); }
 };
 
+/// The product's name on a cuda_timeline.
+template <class T>
+const char* gemm_label(matmul_precision p) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (p) {
+      case matmul_precision::tf32:
+        return "cublasLt f32 (tf32 inputs)";
+      case matmul_precision::bf16:
+        return "cublasLt f32 (bf16 inputs)";
+      case matmul_precision::fp16:
+        return "cublasLt f32 (fp16 inputs)";
+      case matmul_precision::exact:
+        break;
+    }
+    return "cublasLt f32";
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    return "cublasLt bf16";
+  } else {
+    return "cublasLt f64";
+  }
+}
+
 /// c = alpha a b + beta c with c row-major and a, b mappable (checked by the caller). Row-major
 /// C = A B is, column-major, C^T = B^T A^T: cuBLAS's first operand is our b, its second our a.
 template <class T>
@@ -177,6 +199,9 @@ void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cu
   FLSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, desc, &al, b.data(), lb.layout, a.data(), la.layout,
                                    &be, c.data(), lc.layout, c.data(), lc.layout, &heuristic.algo,
                                    ctx.workspace, ws, current_stream()));
+  cuda_work().gemm_flops +=
+      2.0 * double(batch) * double(c.size(-2)) * double(c.size(-1)) * double(a.size(-1));
+  timeline_mark(gemm_label<T>(opt.precision), current_stream());
 }
 
 }  // namespace cuda_detail

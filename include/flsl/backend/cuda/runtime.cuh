@@ -8,6 +8,7 @@
 
 #include "../../core/error.hpp"
 #include "../../core/shape.hpp"
+#include "timeline.cuh"
 
 namespace flsl {
 
@@ -75,10 +76,12 @@ inline unsigned grid_for(index_t n, index_t per_block = block_size) {
   return unsigned(std::clamp<index_t>(want, 1, index_t(multiprocessor_count()) * 16));
 }
 /// Reports a failed kernel launch (bad configuration, no device) as flsl::error.
+/// Also marks the launch on a recording cuda_timeline (timeline.cuh).
 inline void check_launch(const char* kernel) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     fail("CUDA error ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ") launching ", kernel);
+  timeline_mark(kernel, current_stream());
 }
 }  // namespace cuda_detail
 

@@ -42,6 +42,7 @@ class pinned_staging {
       std::memcpy(s.ptr, h + done, n);
       FLSL_CUDA_CHECK(
           cudaMemcpyAsync(d + done, s.ptr, n, cudaMemcpyHostToDevice, current_stream()));
+      cuda_detail::timeline_mark("memcpy h2d", current_stream());
       FLSL_CUDA_CHECK(cudaEventRecord(s.done, current_stream()));
     }
   }
@@ -77,6 +78,7 @@ Tensor<T, cpu> to_host(const Tensor<T, cuda>& t) {
   if (t.numel() > 0) {
     FLSL_CUDA_CHECK(cudaMemcpyAsync(out.data(), src.data(), std::size_t(t.numel()) * sizeof(T),
                                     cudaMemcpyDeviceToHost, current_stream()));
+    cuda_detail::timeline_mark("memcpy d2h", current_stream());
     synchronize();
   }
   return out;

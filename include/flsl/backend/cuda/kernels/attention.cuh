@@ -365,6 +365,8 @@ void attention_forward(const Tensor<T, cuda>& qkv, int heads, const Tensor<T, cu
                                                          heads, scale);
   });
   cuda_detail::check_launch("attention_forward_kernel");
+  // the model's FLOPs (timeline.cuh): Q K^T and P V, 2 N^2 hd each, per head and image
+  cuda_work().attention_flops += 4.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
 }
 
 /// dqkv [B, N, 3D] from the forward's out and lse and the output gradient (see the header
@@ -402,6 +404,8 @@ void attention_backward(const Tensor<T, cuda>& qkv, const Tensor<T, cuda>& out,
         qkv.data(), grad_out.data(), lse.data(), delta.data(), dqkv.data(), dm.n, heads, scale);
     cuda_detail::check_launch("attention_dq_kernel");
   });
+  // dV, dP, dQ and dK: 8 N^2 hd per head and image (the recomputation of S not counted)
+  cuda_work().attention_flops += 8.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
 }
 
 }  // namespace cuda_ops

@@ -98,6 +98,7 @@ class mt_workspace {
   void upload(std::size_t bytes) {
     if (!uploaded_) FLSL_CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming));
     FLSL_CUDA_CHECK(cudaMemcpyAsync(dev_, host_, bytes, cudaMemcpyHostToDevice, current_stream()));
+    cuda_detail::timeline_mark("memcpy h2d (tensor lists)", current_stream());
     FLSL_CUDA_CHECK(cudaEventRecord(uploaded_, current_stream()));
     pending_ = true;
   }
@@ -412,6 +413,7 @@ void multi_tensor_clip_per_tensor(std::span<const clip_tensor<T>> tensors, doubl
   }
   double* h_norms = reinterpret_cast<double*>(h + off_host_norms);
   FLSL_CUDA_CHECK(cudaMemcpyAsync(h_norms, d_norms, n * sizeof(double), cudaMemcpyDeviceToHost, s));
+  cuda_detail::timeline_mark("memcpy d2h (norms)", s);
   FLSL_CUDA_CHECK(cudaStreamSynchronize(s));
   std::memcpy(norms.data(), h_norms, n * sizeof(double));
 }
