@@ -287,6 +287,21 @@ TEST_CASE("matmul on cuda equals the product on the CPU (fp32, f64)") {
   check_matmul(a.to<double>(), b.to<double>(), 1e-14);
 }
 
+TEST_CASE("matmul on cuda makes one cuBLASLt plan per shape and reuses it") {
+  SKIP_WITHOUT_CUDA_DEVICE();
+  const auto a = Tensor<float>::randn({45, 23}, 50).to<cuda>();
+  const auto b = Tensor<float>::randn({23, 31}, 51).to<cuda>();
+  auto& plans = cuda_detail::gemm_plans::instance();
+  const Tensor<float, cuda> first = matmul(a, b);
+  const std::size_t after_first = plans.size();
+  const Tensor<float, cuda> again = matmul(a, b);  // the same plan: nothing new
+  CHECK(plans.size() == after_first);
+  check_equal(again, first.to<cpu>());                     // and the same bits
+  const Tensor<float, cuda> other = matmul(b.t(), a.t());  // another layout: a new plan
+  CHECK(plans.size() == after_first + 1);
+  check_matmul(b.t().to<cpu>(), a.t().to<cpu>(), 1e-5);
+}
+
 // TF32 rounds each input to a 10-bit mantissa (relative error 2^-11 each, so 2^-10 per product):
 // 3e-3 of |a| @ |b|. bf16 inputs are exact in fp32, products accumulate in fp32, and the output is
 // rounded once to bf16 (2^-9 relative): 1e-2 of |a| @ |b|, with room for fp32 accumulation.

@@ -6,7 +6,10 @@
 
 #include <cublasLt.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
 
 #include "../../expr/assign.hpp"
@@ -93,26 +96,80 @@ inline std::uint32_t alignment_of(const void* p) {
 
 /// An operand in cuBLAS's column-major terms. A row-major view [R, C] (ld) is, column-major, its
 /// transpose [C, R]; a column-major view is itself and gets op = T. See gemm() for the roles.
-struct lt_matrix {
-  cublasLtMatrixLayout_t layout = nullptr;
-  cublasOperation_t op = CUBLAS_OP_N;
-  lt_matrix(cudaDataType_t type, index_t rows, index_t cols, const detail::matrix_layout& lay,
-            index_t batch, index_t batch_stride) {
-    op = lay.row_major ? CUBLAS_OP_N : CUBLAS_OP_T;
-    const auto r = std::uint64_t(lay.row_major ? cols : rows);
-    const auto c = std::uint64_t(lay.row_major ? rows : cols);
-    const auto ld = std::int64_t(std::max<index_t>(lay.ld, std::max<index_t>(r, 1)));
-    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, r, c, ld));
-    const auto count = std::int32_t(batch);
-    const auto stride = std::int64_t(batch_stride);
-    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                                                       &count, sizeof(count)));
-    FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
-        layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+struct lt_operand {
+  std::int64_t op, rows, cols, ld, batch, batch_stride;
+  lt_operand(index_t r, index_t c, const detail::matrix_layout& lay, index_t count, index_t stride)
+      : op(lay.row_major ? CUBLAS_OP_N : CUBLAS_OP_T),
+        rows(lay.row_major ? c : r),
+        cols(lay.row_major ? r : c),
+        ld(std::max<index_t>(lay.ld, std::max<index_t>(lay.row_major ? c : r, 1))),
+        batch(count),
+        batch_stride(stride) {}
+};
+
+/// The cuBLASLt objects of one product shape: the descriptor, the three layouts and the algorithm
+/// the heuristic chose. Made once per shape (gemm_plans) and kept: creating them and querying the
+/// heuristic costs tens of microseconds of host time per call, more than many of the products.
+struct gemm_plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  gemm_plan() = default;
+  gemm_plan(const gemm_plan&) = delete;
+  gemm_plan& operator=(const gemm_plan&) = delete;
+  ~gemm_plan() {  // errors ignored: at exit the CUDA context may be gone already
+    if (desc) (void)cublasLtMatmulDescDestroy(desc);
+    for (cublasLtMatrixLayout_t l : {la, lb, lc})
+      if (l) (void)cublasLtMatrixLayoutDestroy(l);
   }
-  lt_matrix(const lt_matrix&) = delete;
-  lt_matrix& operator=(const lt_matrix&) = delete;
-  ~lt_matrix() { cublasLtMatrixLayoutDestroy(layout); }
+};
+
+inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, const lt_operand& m) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout, type, std::uint64_t(m.rows),
+                                               std::uint64_t(m.cols), m.ld));
+  const auto count = std::int32_t(m.batch);
+  const std::int64_t stride = m.batch_stride;
+  FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                     &count, sizeof(count)));
+  FLSL_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+      layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+  return layout;
+}
+
+/// What decides a plan: device, types, the three operands' layouts and the pointers' alignments.
+using gemm_key = std::array<std::int64_t, 24>;
+
+/// The plans made so far, per key (all devices in one map; the device is part of the key). At most
+/// max_plans are kept: past that the map is cleared and refilled (shapes that change every call,
+/// e.g. evaluation at many image sizes, must not grow it without bound). Like the rest of the
+/// backend, products are enqueued from one host thread at a time.
+class gemm_plans {
+ public:
+  static constexpr std::size_t max_plans = 4096;
+  static gemm_plans& instance() {
+    static gemm_plans p;
+    return p;
+  }
+  /// The plan of `key`, made by `make` on the first call.
+  template <class Make>
+  const gemm_plan& get(const gemm_key& key, Make&& make) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return *it->second;
+    if (plans_.size() >= max_plans) plans_.clear();
+    auto plan = std::make_unique<gemm_plan>();
+    make(*plan);
+    return *plans_.emplace(key, std::move(plan)).first->second;
+  }
+  std::size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return plans_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<gemm_key, std::unique_ptr<gemm_plan>> plans_;
 };
 
 /// The product's name on a cuda_timeline.
@@ -153,51 +210,57 @@ void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cu
   auto lay = [](const Tensor<T, cuda>& x) {
     return detail::layout_of(x.size(-2), x.size(-1), x.stride(-2), x.stride(-1));
   };
-  const lt_matrix lb(type, b.size(-2), b.size(-1), lay(b), batch, batch_stride(b));
-  const lt_matrix la(type, a.size(-2), a.size(-1), lay(a), batch, batch_stride(a));
-  const lt_matrix lc(type, c.size(-2), c.size(-1), lay(c), batch, batched ? c.stride(0) : 0);
-
-  cublasLtMatmulDesc_t desc = nullptr;
-  FLSL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, compute, cuda_type<scale_t>()));
-  struct desc_guard {
-    cublasLtMatmulDesc_t d;
-    ~desc_guard() { cublasLtMatmulDescDestroy(d); }
-  } guard{desc};
-  FLSL_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &lb.op, sizeof(lb.op)));
-  FLSL_CUBLAS_CHECK(
-      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &la.op, sizeof(la.op)));
-
-  cublaslt_context& ctx = cublaslt_context::for_current_device();
-  cublasLtMatmulPreference_t pref = nullptr;
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  struct pref_guard {
-    cublasLtMatmulPreference_t p;
-    ~pref_guard() { cublasLtMatmulPreferenceDestroy(p); }
-  } pguard{pref};
-  const std::uint64_t ws = cublaslt_context::workspace_bytes;
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  const lt_operand ob(b.size(-2), b.size(-1), lay(b), batch, batch_stride(b));
+  const lt_operand oa(a.size(-2), a.size(-1), lay(a), batch, batch_stride(a));
+  const lt_operand oc(c.size(-2), c.size(-1), lay(c), batch, batched ? c.stride(0) : 0);
   const std::uint32_t align_a = alignment_of(b.data()), align_b = alignment_of(a.data()),
                       align_c = alignment_of(c.data());
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
-  FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c)));
+  int dev = 0;
+  FLSL_CUDA_CHECK(cudaGetDevice(&dev));
+  gemm_key key{dev, std::int64_t(type), std::int64_t(compute), align_a, align_b, align_c};
+  std::size_t k = 6;
+  for (const lt_operand* m : {&ob, &oa, &oc})
+    for (std::int64_t v : {m->op, m->rows, m->cols, m->ld, m->batch, m->batch_stride}) key[k++] = v;
 
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  FLSL_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(
-      ctx.handle, desc, lb.layout, la.layout, lc.layout, lc.layout, pref, 1, &heuristic, &found));
-  FLSL_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for ", a.shape(), " @ ", b.shape(),
-             " with strides ", a.strides(), " and ", b.strides());
+  cublaslt_context& ctx = cublaslt_context::for_current_device();
+  const std::uint64_t ws = cublaslt_context::workspace_bytes;
+  const gemm_plan& plan = gemm_plans::instance().get(key, [&](gemm_plan& p) {
+    p.lb = make_layout(type, ob);
+    p.la = make_layout(type, oa);
+    p.lc = make_layout(type, oc);
+    FLSL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, cuda_type<scale_t>()));
+    const auto op_b = cublasOperation_t(ob.op), op_a = cublasOperation_t(oa.op);
+    FLSL_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_b, sizeof(op_b)));
+    FLSL_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
+    cublasLtMatmulPreference_t pref = nullptr;
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    struct pref_guard {
+      cublasLtMatmulPreference_t p;
+      ~pref_guard() { cublasLtMatmulPreferenceDestroy(p); }
+    } pguard{pref};
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
+    FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c)));
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int found = 0;
+    FLSL_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle, p.desc, p.lb, p.la, p.lc, p.lc,
+                                                     pref, 1, &heuristic, &found));
+    FLSL_CHECK(found > 0, "matmul: cuBLASLt has no algorithm for ", a.shape(), " @ ", b.shape(),
+               " with strides ", a.strides(), " and ", b.strides());
+    p.algo = heuristic.algo;
+  });
   const scale_t al = scale_t(alpha), be = scale_t(beta);
-  FLSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, desc, &al, b.data(), lb.layout, a.data(), la.layout,
-                                   &be, c.data(), lc.layout, c.data(), lc.layout, &heuristic.algo,
+  FLSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &al, b.data(), plan.lb, a.data(), plan.la,
+                                   &be, c.data(), plan.lc, c.data(), plan.lc, &plan.algo,
                                    ctx.workspace, ws, current_stream()));
   cuda_work().gemm_flops +=
       2.0 * double(batch) * double(c.size(-2)) * double(c.size(-1)) * double(a.size(-1));
