@@ -35,11 +35,15 @@
 // Determinism: every output element is computed by one thread, in an order fixed by the shapes;
 // no atomics (dQ gets its own pass over the key tiles instead of atomically adding into dq from
 // the dK/dV CTAs), so results repeat bit-exactly. exp and log are CUDA's expf / logf (<= 2 ulp).
+// bf16 tensors run on the tensor cores instead (attention_mma.cuh: WMMA, P and dS rounded to
+// bf16) unless attention_impl::simt is chosen; f32 always runs the kernels above.
 // Compiled only by nvcc.
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
+#include "attention_mma.cuh"
 #include "common.cuh"
 
 namespace flsl {
@@ -341,6 +345,14 @@ void dispatch_head_dim(int hd, F&& f) {
   }
 }
 
+/// Whether bf16 attention runs on the tensor cores (attention_mma.cuh): bf16 tensors, the
+/// tensor-core kernels chosen (the default), and 16-byte aligned data (the kernels' vector loads).
+template <class... Tensors>
+bool use_attention_mma(const Tensors&... t) {
+  return get_attention_impl() == attention_impl::tensor_cores &&
+         ((reinterpret_cast<std::uintptr_t>(t.data()) % 16 == 0) && ...);
+}
+
 }  // namespace cuda_ops::detail
 
 namespace cuda_ops {
@@ -357,6 +369,17 @@ void attention_forward(const Tensor<T, cuda>& qkv, int heads, const Tensor<T, cu
   detail::check_tensor(lse, Shape{dm.b, index_t(heads), dm.n}, op, "lse");
   if (dm.b == 0) return;
   const float scale = float(1.0 / std::sqrt(double(dm.hd)));  // as the CPU op: T(1 / sqrt(hd))
+  // the model's FLOPs (timeline.cuh): Q K^T and P V, 2 N^2 hd each, per head and image
+  cuda_work().attention_flops += 4.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (detail::use_attention_mma(qkv, out)) {
+      detail::dispatch_head_dim(dm.hd, [&](auto hd) {
+        detail::attention_forward_mma<decltype(hd)::value>(qkv.data(), out.data(), lse.data(), dm.b,
+                                                           dm.n, heads, scale);
+      });
+      return;
+    }
+  }
   const dim3 grid(unsigned((dm.n + detail::attn_fwd_rows - 1) / detail::attn_fwd_rows),
                   unsigned(heads), unsigned(dm.b));
   detail::dispatch_head_dim(dm.hd, [&](auto hd) {
@@ -365,8 +388,6 @@ void attention_forward(const Tensor<T, cuda>& qkv, int heads, const Tensor<T, cu
                                                          heads, scale);
   });
   cuda_detail::check_launch("attention_forward_kernel");
-  // the model's FLOPs (timeline.cuh): Q K^T and P V, 2 N^2 hd each, per head and image
-  cuda_work().attention_flops += 4.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
 }
 
 /// dqkv [B, N, 3D] from the forward's out and lse and the output gradient (see the header
@@ -393,6 +414,18 @@ void attention_backward(const Tensor<T, cuda>& qkv, const Tensor<T, cuda>& out,
       <<<unsigned((rows + detail::threads - 1) / detail::threads), detail::threads, 0,
          current_stream()>>>(out.data(), grad_out.data(), delta.data(), dm.n, heads, dm.hd, rows);
   cuda_detail::check_launch("attention_delta_kernel");
+  // dV, dP, dQ and dK: 8 N^2 hd per head and image (the recomputation of S not counted)
+  cuda_work().attention_flops += 8.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (detail::use_attention_mma(qkv, out, grad_out, dqkv)) {
+      detail::dispatch_head_dim(dm.hd, [&](auto hd) {
+        detail::attention_backward_mma<decltype(hd)::value>(qkv.data(), grad_out.data(), lse.data(),
+                                                            delta.data(), dqkv.data(), dm.b, dm.n,
+                                                            heads, scale);
+      });
+      return;
+    }
+  }
   const dim3 grid(unsigned((dm.n + detail::attn_bwd_tile - 1) / detail::attn_bwd_tile),
                   unsigned(heads), unsigned(dm.b));
   detail::dispatch_head_dim(dm.hd, [&](auto hd) {
@@ -404,8 +437,6 @@ void attention_backward(const Tensor<T, cuda>& qkv, const Tensor<T, cuda>& out,
         qkv.data(), grad_out.data(), lse.data(), delta.data(), dqkv.data(), dm.n, heads, scale);
     cuda_detail::check_launch("attention_dq_kernel");
   });
-  // dV, dP, dQ and dK: 8 N^2 hd per head and image (the recomputation of S not counted)
-  cuda_work().attention_flops += 8.0 * double(dm.b) * heads * double(dm.n) * double(dm.n) * dm.hd;
 }
 
 }  // namespace cuda_ops
