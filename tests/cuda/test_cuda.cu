@@ -207,6 +207,22 @@ TEST_CASE("reductions on cuda equal the CPU's") {
     check_equal(min(gx.permute({2, 0, 1}), axes), min(x.permute({2, 0, 1}), axes));
   }
   check_close(sum(gx, {1}, true), sum(x, {1}, true), 1e-6, 1e-6);
+  // column reductions (reduce.cuh's two-pass kernel): a bias gradient's shape (3000 rows: 94
+  // chunks of 32), an expression, bf16 values, a mean, a max, a broadcast operand, a transposed
+  // view (its kept axis is the unit-strided one) and two reduced axes that coalesce into one
+  const auto tall = Tensor<float>::randn({3000, 97}, 22);
+  const auto gt = tall.to<cuda>();
+  check_close(sum(gt, {0}), sum(tall, {0}), 1e-6, 1e-6);
+  check_close(sum(gt * gt - gt, {0}), sum(tall * tall - tall, {0}), 1e-6, 1e-6);
+  check_close(sum(gt.to<bf16>(), {0}).to<float>(), sum(tall.to<bf16>(), {0}).to<float>(), 1e-2,
+              1e-2);
+  check_close(mean(gt, {0}), mean(tall, {0}), 1e-6, 1e-6);
+  check_equal(max(gt, {0}), max(tall, {0}));
+  const auto row = Tensor<float>::randn({97}, 23);
+  check_close(sum(gt * row.to<cuda>(), {0}), sum(tall * row, {0}), 1e-6, 1e-6);
+  check_close(sum(gt.t(), {1}), sum(tall.t(), {1}), 1e-6, 1e-6);
+  check_close(sum(gt.view({30, 100, 97}), {0, 1}), sum(tall.view({30, 100, 97}), {0, 1}), 1e-6,
+              1e-6);
   const auto big = Tensor<float>::randn({1 << 20}, 21);
   check_close(sum(big.to<cuda>()), sum(big), 1e-6, 1e-6);
   // NaN propagates through max; the mean of nothing is NaN.
