@@ -318,6 +318,31 @@ TEST_CASE("matmul on cuda makes one cuBLASLt plan per shape and reuses it") {
   check_matmul(b.t().to<cpu>(), a.t().to<cpu>(), 1e-5);
 }
 
+TEST_CASE("matmul_bias_into on cuda: the bias epilogue equals a @ b + bias on the CPU") {
+  SKIP_WITHOUT_CUDA_DEVICE();
+  const auto a = Tensor<float>::randn({67, 40}, 60), w = Tensor<float>::randn({24, 40}, 61);
+  const auto bias = Tensor<float>::randn({24}, 62);
+  auto [ref, scale] = reference_matmul(a, w.t());  // f64 a w^T and |a| |w|^T
+  const Tensor<double> want = ref + bias.to<double>();
+  auto c = Tensor<float, cuda>::empty({67, 24});
+  matmul_bias_into(c, a.to<cuda>(), w.to<cuda>().t(), bias.to<cuda>());  // epilogue path
+  check_close(c, want, 1e-5, 1e-5, Tensor<double>(scale + abs(bias.to<double>())));
+  auto wide = Tensor<float, cuda>::zeros({67, 48});
+  const Tensor<float, cuda> strided = wide.slice(1, 0, 48, 2);  // not contiguous: the fallback
+  matmul_bias_into(strided, a.to<cuda>(), w.to<cuda>().t(), bias.to<cuda>());
+  check_close(strided, want, 1e-5, 1e-5, Tensor<double>(scale + abs(bias.to<double>())));
+  // bf16: the bias is added in fp32 before the one rounding of the output
+  auto cb = Tensor<bf16, cuda>::empty({67, 24});
+  matmul_bias_into(cb, a.to<bf16>().to<cuda>(), w.to<bf16>().to<cuda>().t(),
+                   bias.to<bf16>().to<cuda>());
+  const auto [rb, sb] = reference_matmul(a.to<bf16>().to<float>(), w.to<bf16>().to<float>().t());
+  check_close(cb, Tensor<double>(rb + bias.to<bf16>().to<double>()), 1e-2, 1e-2,
+              Tensor<double>(sb + abs(bias.to<bf16>().to<double>())));
+  CHECK_THROWS_WITH_AS(
+      matmul_bias_into(c, a.to<cuda>(), w.to<cuda>().t(), bias.to<cuda>().narrow(0, 0, 5)),
+      doctest::Contains("bias of shape [5] for an output of shape [67, 24]"), flsl::error);
+}
+
 // TF32 rounds each input to a 10-bit mantissa (relative error 2^-11 each, so 2^-10 per product):
 // 3e-3 of |a| @ |b|. bf16 inputs are exact in fp32, products accumulate in fp32, and the output is
 // rounded once to bf16 (2^-9 relative): 1e-2 of |a| @ |b|, with room for fp32 accumulation.

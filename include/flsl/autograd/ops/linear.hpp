@@ -60,8 +60,12 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b = Va
   ys[ys.rank() - 1] = out_f;
   auto y = Tensor<T, D>::empty({x2.size(0), out_f});  // [M, out]
   if (b.defined()) {
-    y.assign(b.value());
-    matmul_into(y, x2, w.value().t(), 1.0, 1.0);
+    if constexpr (std::is_same_v<D, cpu>) {
+      y.assign(b.value());
+      matmul_into(y, x2, w.value().t(), 1.0, 1.0);
+    } else {
+      matmul_bias_into(y, x2, w.value().t(), b.value());  // cuBLASLt's bias epilogue
+    }
   } else {
     matmul_into(y, x2, w.value().t());
   }

@@ -116,8 +116,12 @@ Var<T, D> patch_embed(const Var<T, D>& images, const Var<T, D>& weight, const Va
   const Tensor<T, D> w2 = weight.value().reshape_or_copy({d, k});  // [D, C p p]
   auto y = Tensor<T, D>::empty({nb * tokens, d});                  // [B L, D]
   if (bias.defined()) {
-    y.assign(bias.value());
-    matmul_into(y, cols, w2.t(), 1.0, 1.0);
+    if constexpr (std::is_same_v<D, cpu>) {
+      y.assign(bias.value());
+      matmul_into(y, cols, w2.t(), 1.0, 1.0);
+    } else {
+      matmul_bias_into(y, cols, w2.t(), bias.value());  // cuBLASLt's bias epilogue
+    }
   } else {
     matmul_into(y, cols, w2.t());
   }

@@ -137,8 +137,9 @@ inline cublasLtMatrixLayout_t make_layout(cudaDataType_t type, const lt_operand&
   return layout;
 }
 
-/// What decides a plan: device, types, the three operands' layouts and the pointers' alignments.
-using gemm_key = std::array<std::int64_t, 24>;
+/// What decides a plan: device, types, the three operands' layouts, the pointers' alignments and
+/// whether the bias epilogue is on.
+using gemm_key = std::array<std::int64_t, 25>;
 
 /// The plans made so far, per key (all devices in one map; the device is part of the key). At most
 /// max_plans are kept: past that the map is cleared and refilled (shapes that change every call,
@@ -196,9 +197,11 @@ const char* gemm_label(matmul_precision p) {
 
 /// c = alpha a b + beta c with c row-major and a, b mappable (checked by the caller). Row-major
 /// C = A B is, column-major, C^T = B^T A^T: cuBLAS's first operand is our b, its second our a.
+/// With `bias` (a [N] vector for c [M, N]), cuBLASLt's bias epilogue adds it to every row before
+/// the output is rounded.
 template <class T>
 void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
-          double alpha, double beta, const gemm_options& opt) {
+          double alpha, double beta, const gemm_options& opt, const T* bias = nullptr) {
   using scale_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const cublasComputeType_t compute = compute_type<T>(opt.precision);
   const cudaDataType_t type = cuda_type<T>();
@@ -221,6 +224,7 @@ void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cu
   std::size_t k = 6;
   for (const lt_operand* m : {&ob, &oa, &oc})
     for (std::int64_t v : {m->op, m->rows, m->cols, m->ld, m->batch, m->batch_stride}) key[k++] = v;
+  key[k] = bias != nullptr;
 
   cublaslt_context& ctx = cublaslt_context::for_current_device();
   const std::uint64_t ws = cublaslt_context::workspace_bytes;
@@ -234,6 +238,13 @@ void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cu
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_b, sizeof(op_b)));
     FLSL_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
+    if (bias) {  // D (column-major [N, M]) += bias along its rows: our c's rows each get bias
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      FLSL_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      FLSL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &bias, sizeof(bias)));
+    }
     cublasLtMatmulPreference_t pref = nullptr;
     FLSL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     struct pref_guard {
@@ -258,6 +269,9 @@ void gemm(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cu
                " with strides ", a.strides(), " and ", b.strides());
     p.algo = heuristic.algo;
   });
+  if (bias)  // the pointer is the call's, the descriptor the shape's
+    FLSL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                     &bias, sizeof(bias)));
   const scale_t al = scale_t(alpha), be = scale_t(beta);
   FLSL_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, plan.desc, &al, b.data(), plan.lb, a.data(), plan.la,
                                    &be, c.data(), plan.lc, c.data(), plan.lc, &plan.algo,
@@ -306,6 +320,33 @@ void matmul_into(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tenso
     return;
   }
   cuda_detail::gemm(c, A, B, alpha, beta, opt);
+}
+
+/// c = a @ b + bias for c [M, N], a [M, K], b [K, N], bias [N] added to every row of c: with a
+/// contiguous c, mappable operands and a contiguous, 16-byte aligned bias (f32 or bf16) in one
+/// cuBLASLt call
+/// (the bias epilogue: added in fp32 before the output's single rounding), otherwise the bias
+/// broadcast into c, then matmul_into with beta = 1 (the CPU's way; the same sums, one more
+/// rounding of the output for bf16).
+template <class T>
+void matmul_bias_into(const Tensor<T, cuda>& c, const Tensor<T, cuda>& a, const Tensor<T, cuda>& b,
+                      const Tensor<T, cuda>& bias, const gemm_options& opt = {}) {
+  detail::check_matmul_shapes<T>("matmul_bias_into", c.shape(), a.shape(), b.shape());
+  FLSL_CHECK(c.rank() == 2 && bias.rank() == 1 && bias.size(0) == c.size(1),
+             "matmul_bias_into: bias of shape ", bias.shape(), " for an output of shape ",
+             c.shape(), " (expected [N] for [M, N])");
+  const bool epilogue =
+      !std::is_same_v<T, double> &&  // cuBLASLt's epilogues are for f32 / bf16 / fp16 outputs
+      c.is_contiguous() && bias.is_contiguous() && a.size(-1) > 0 && c.numel() > 0 &&
+      reinterpret_cast<std::uintptr_t>(bias.data()) % 16 == 0 &&
+      detail::layout_of(a.size(-2), a.size(-1), a.stride(-2), a.stride(-1)).mappable &&
+      detail::layout_of(b.size(-2), b.size(-1), b.stride(-2), b.stride(-1)).mappable;
+  if (!epilogue) {
+    c.assign(bias);
+    matmul_into(c, a, b, 1.0, 1.0, opt);
+    return;
+  }
+  cuda_detail::gemm(c, a, b, 1.0, 0.0, opt, bias.data());
 }
 
 /// a @ b into a new tensor (see matmul_into for the shapes and options).
