@@ -22,9 +22,10 @@ struct linear {
     explicit module(init_stream&& init) : module(init) {}
     explicit module(std::uint64_t seed = 0) : module(init_stream{seed, 0}) {}
 
-    Var<T, D> operator()(const Var<T, D>& x) const { return flsl::linear(x, weight, bias); }
+    Var<T, D> operator()(const Var<T, D>& x) const { return cast_forward(x); }
     /// The product in element type A (autocast): the weight and bias converted to A as graph
-    /// nodes (their gradients reach the T parameters), x already in A.
+    /// nodes (their gradients reach the T parameters), x already in A. With A = T no conversion
+    /// happens (Var::to<T> is the Var itself): the plain forward.
     template <class A>
     Var<A, D> cast_forward(const Var<A, D>& x) const {
       return flsl::linear(x, weight.template to<A>(),

@@ -63,10 +63,9 @@ struct attention {
     typename linear<D, 3 * D>::template module<T, Dev> qkv;
     typename linear<D, D>::template module<T, Dev> proj;
     explicit module(init_stream& init) : qkv(init), proj(init) {}
-    Var<T, Dev> operator()(const Var<T, Dev>& x) const {  // [B, N, D] -> [B, N, D]
-      return proj(multi_head_attention(qkv(x), int(Heads)));
-    }
-    /// Under autocast to A: x in A, the projections and the attention in A.
+    Var<T, Dev> operator()(const Var<T, Dev>& x) const { return cast_forward(x); }  // [B, N, D]
+    /// Under autocast to A: x in A, the projections and the attention in A (A = T: the plain
+    /// forward).
     template <class A>
     Var<A, Dev> cast_forward(const Var<A, Dev>& x) const {
       return proj.cast_forward(multi_head_attention(qkv.cast_forward(x), int(Heads)));
@@ -88,10 +87,9 @@ struct mlp {
     typename linear<D, Hidden>::template module<T, Dev> fc1;
     typename linear<Hidden, D>::template module<T, Dev> fc2;
     explicit module(init_stream& init) : fc1(init), fc2(init) {}
-    Var<T, Dev> operator()(const Var<T, Dev>& x) const {
-      return fc2(Var<T, Dev>(flsl::gelu(fc1(x))));
-    }
-    /// Under autocast to A: both products and the GELU in A (GELU computes in f32 and rounds).
+    Var<T, Dev> operator()(const Var<T, Dev>& x) const { return cast_forward(x); }
+    /// Under autocast to A: both products and the GELU in A (GELU computes in f32 and rounds;
+    /// A = T: the plain forward).
     template <class A>
     Var<A, Dev> cast_forward(const Var<A, Dev>& x) const {
       return fc2.cast_forward(Var<A, Dev>(flsl::gelu(fc1.cast_forward(x))));
@@ -124,14 +122,12 @@ struct block {
     explicit module(init_stream& init) : norm1(init), attn(init), norm2(init), ffn(init) {}
 
     Var<T, Dev> operator()(const Var<T, Dev>& x, const block_drop<T, Dev>& drop = {}) const {
-      Var<T, Dev> h = branch(attn(norm1(x)), drop.attn, drop.rate);
-      Var<T, Dev> y = x + h;
-      Var<T, Dev> h2 = branch(ffn(norm2(y)), drop.mlp, drop.rate);
-      return y + h2;
+      return cast_forward<T>(x, drop);
     }
     /// The block under autocast to A (torch.autocast's placement): LayerNorm, drop path and the
     /// residual stream in T; each branch converts its normalised input to A, runs in A and is
-    /// converted back to T (exactly) before the drop path and the add.
+    /// converted back to T (exactly) before the drop path and the add. With A = T every
+    /// conversion is the Var itself: the plain block.
     template <class A>
     Var<T, Dev> cast_forward(const Var<T, Dev>& x, const block_drop<T, Dev>& drop = {}) const {
       Var<T, Dev> h = branch(attn.cast_forward(norm1(x).template to<A>()).template to<T>(),
@@ -173,9 +169,9 @@ struct patch_embedding {
       init.offset += std::uint64_t(D);
     }
     Var<T, Dev> operator()(const Var<T, Dev>& images) const {  // [B,C,H,W] -> [B, HW/P^2, D]
-      return flsl::patch_embed(images, weight, bias, P);
+      return cast_forward(images);
     }
-    /// Under autocast to A (images already in A): the embedding's product in A.
+    /// Under autocast to A (images already in A): the embedding's product in A (A = T: plain).
     template <class A>
     Var<A, Dev> cast_forward(const Var<A, Dev>& images) const {
       return flsl::patch_embed(images, weight.template to<A>(), bias.template to<A>(), P);
@@ -233,25 +229,13 @@ struct vision_transformer {
       FLSL_CHECK(drop.empty() || index_t(drop.size()) == Cfg::depth,
                  "vision_transformer: ", drop.size(), " drop-path entries for ", Cfg::depth,
                  " blocks");
-      const auto& pos = positions(images.size(2) / Cfg::patch, images.size(3) / Cfg::patch);
-      if (cast == autocast::bf16) {
-        if constexpr (std::is_same_v<T, float>) {
-          Var<bf16, Dev> x = patch_embed.cast_forward(Var<bf16, Dev>(images.template to<bf16>()));
-          Var<T, Dev> h = x.template to<T>() + Var<T, Dev>(pos);
-          for (std::size_t i = 0; i < blocks.size(); ++i)
-            h = drop.empty() ? blocks[i].template cast_forward<bf16>(h)
-                             : blocks[i].template cast_forward<bf16>(h, drop[i]);
-          return norm(h);
-        } else {
-          fail("vision_transformer: autocast bf16 needs an f32 model, this one is ",
-               dtype_name(dtype_of<T>));
-        }
+      if (cast == autocast::off) return forward<T>(images, drop);
+      if constexpr (std::is_same_v<T, float>) {
+        return forward<bf16>(images, drop);
+      } else {
+        fail("vision_transformer: autocast bf16 needs an f32 model, this one is ",
+             dtype_name(dtype_of<T>));
       }
-      Var<T, Dev> x = patch_embed(Var<T, Dev>(images));
-      Var<T, Dev> h = x + Var<T, Dev>(pos);
-      for (std::size_t i = 0; i < blocks.size(); ++i)
-        h = drop.empty() ? blocks[i](h) : blocks[i](h, drop[i]);
-      return norm(h);
     }
     /// The position table for a rows x cols token grid, [rows*cols, D] (the base table resized
     /// bicubically), built once per grid.
@@ -277,6 +261,22 @@ struct vision_transformer {
     }
 
    private:
+    /// The backbone with its branches in A (A = T: no conversion anywhere).
+    template <class A>
+    Var<T, Dev> forward(const Tensor<T, Dev>& images,
+                        const std::vector<block_drop<T, Dev>>& drop) const {
+      Var<A, Dev> x;
+      if constexpr (std::is_same_v<A, T>)
+        x = patch_embed(Var<T, Dev>(images));
+      else
+        x = patch_embed.cast_forward(Var<A, Dev>(images.template to<A>()));
+      Var<T, Dev> h = x.template to<T>() + Var<T, Dev>(positions(images.size(2) / Cfg::patch,
+                                                                 images.size(3) / Cfg::patch));
+      for (std::size_t i = 0; i < blocks.size(); ++i)
+        h = blocks[i].template cast_forward<A>(h, drop.empty() ? block_drop<T, Dev>{} : drop[i]);
+      return norm(h);
+    }
+
     std::shared_ptr<std::map<std::pair<index_t, index_t>, Tensor<T, Dev>>> pos_cache_ =
         std::make_shared<std::map<std::pair<index_t, index_t>, Tensor<T, Dev>>>();
     std::shared_ptr<std::mutex> pos_mutex_ = std::make_shared<std::mutex>();
